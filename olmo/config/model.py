@@ -15,8 +15,6 @@ from typing import Any
 
 from olmo.errors import OLMoConfigurationError, bad_value
 
-POSITIONAL_SCHEMES = ("rope", "alibi", "learned", "none")
-
 
 @dataclass
 class ModelConfig:
@@ -180,23 +178,20 @@ class ModelConfig:
         if self.init_cutoff_factor is not None and self.init_cutoff_factor <= 0:
             raise bad_value("init_cutoff_factor", self.init_cutoff_factor, "None or a positive number")
         self._validate_positional()
-        if self.positional == "rope" or self.effective_positional == "rope":
+        if self.effective_positional == "rope":
             if self.head_dim % 2 != 0:
                 raise bad_value("d_model", self.d_model, "an even head dimension (d_model/n_heads) with RoPE")
         self._validate_axis_names()
 
     def _validate_positional(self) -> None:
+        # Unknown scheme names are caught by the positional registry (_validate_axis_names).
         if self.rope and self.alibi:
             raise OLMoConfigurationError(
-                "rope=True and alibi=True: two positional schemes at once; choose one "
-                f"(positional: {', '.join(POSITIONAL_SCHEMES)})"
+                "rope=True and alibi=True: two positional schemes at once; set only one of them, "
+                "or set positional instead"
             )
-        if self.positional is None:
-            return
-        if self.positional not in POSITIONAL_SCHEMES:
-            raise bad_value("positional", self.positional, POSITIONAL_SCHEMES)
         flag = "rope" if self.rope else "alibi" if self.alibi else None
-        if flag is not None and flag != self.positional:
+        if self.positional is not None and flag is not None and flag != self.positional:
             raise OLMoConfigurationError(
                 f"positional={self.positional!r} and {flag}=True: two positional schemes at once; "
                 "set only positional"

@@ -28,6 +28,14 @@ class Documents:
     cu_doc_lens: torch.Tensor  # int32, (n_docs + 1,)
     max_doc_len: int
 
+    def mask(self, batch: int, seq_len: int) -> torch.Tensor:
+        """(B, 1, T, T) bool, True = attend: causal within each document (what the varlen kernel does)."""
+        cu = self.cu_doc_lens.long()
+        positions = torch.arange(batch * seq_len, device=cu.device)
+        ids = torch.searchsorted(cu[1:], positions, right=True).view(batch, seq_len)
+        causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=cu.device).tril()
+        return ((ids[:, :, None] == ids[:, None, :]) & causal).unsqueeze(1)
+
 
 class AttentionKernel(Protocol):
     takes_documents: bool
@@ -104,9 +112,11 @@ def flash_attention(q, k, v, *, bias, is_causal, dropout_p, documents=None):
     """flash-attn 2: causal kernel, or the varlen kernel for packed documents.
 
     flash-attn takes neither an arbitrary bias nor fp32; those calls (padding masks, KV-cache decoding,
-    fp32 runs) go to SDPA, which computes the same function.
+    fp32 runs) go to SDPA, which computes the same function (documents become a block-causal mask).
     """
     if bias is not None or q.dtype not in (torch.float16, torch.bfloat16):
+        if documents is not None:  # the model left the boundaries to this kernel: keep them
+            bias, is_causal = documents.mask(q.shape[0], q.shape[2]), False
         return sdpa_attention(q, k, v, bias=bias, is_causal=is_causal, dropout_p=dropout_p)
     import flash_attn
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from olmo.config import ModelConfig
+from olmo.nn.activations import ACTIVATIONS
 
 
 def matmul_params(config: ModelConfig) -> int:
@@ -22,7 +23,7 @@ def matmul_params(config: ModelConfig) -> int:
     d = config.d_model
     kv_width = config.effective_n_kv_heads * config.head_dim
     ff_in = config.mlp_width
-    ff_out_in = ff_in // 2 if config.activation_type == "swiglu" else ff_in
+    ff_out_in = int(ff_in * ACTIVATIONS.get(config.activation_type).output_multiplier)  # as the block builds it
     per_layer = d * (d + 2 * kv_width) + d * d + d * ff_in + ff_out_in * d
     return config.n_layers * per_layer + d * config.padded_embedding_size
 
