@@ -99,15 +99,20 @@ def save_checkpoint(
         # meta.json last: its presence marks the content complete; the rename makes it visible at once.
         with open(tmp / "meta.json", "w") as f:
             json.dump(asdict(meta), f, indent=2)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _commit(tmp, final)
         for old in list_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         for stale in root.glob("step*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
     barrier()
     return final
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Make a fully written checkpoint visible in one rename."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
 
 
 def load_checkpoint(

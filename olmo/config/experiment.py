@@ -45,3 +45,21 @@ class ExperimentConfig:
 
     def asdict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
+        """Build from nested plain mappings (JSON, YAML); unknown keys fail with the section named."""
+        parts = {}
+        for f in dataclasses.fields(cls):
+            section = dict(d.get(f.name) or {})
+            default = f.default_factory()  # type: ignore[misc]
+            part_cls = type(default)
+            known = {pf.name for pf in dataclasses.fields(part_cls)}
+            unknown = sorted(set(section) - known)
+            if unknown:
+                raise bad_value(f"{f.name}.{unknown[0]}", section[unknown[0]], f"a field of {part_cls.__name__}")
+            parts[f.name] = dataclasses.replace(default, **section)
+        unknown_sections = sorted(set(d) - set(parts))
+        if unknown_sections:
+            raise bad_value(unknown_sections[0], d[unknown_sections[0]], [f.name for f in dataclasses.fields(cls)])
+        return cls(**parts)
