@@ -79,6 +79,8 @@ class DataConfig:
         if self.source not in SOURCES:
             raise bad_value("data.source", self.source, SOURCES)
         self.tokenizer.validate()
+        if isinstance(self.paths, str):  # a bare string would be iterated character by character
+            raise bad_value("data.paths", self.paths, "a list of files, folders or globs")
         if self.source == "shakespeare" and self.paths:
             raise bad_value("data.paths", list(self.paths), "[] with source='shakespeare' (the corpus is built in)")
         if self.source in ("text", "memmap") and not self.paths:

@@ -42,6 +42,22 @@ class TokenStream:
     def num_docs(self) -> int:
         return len(self.doc_len)
 
+    @property
+    def tokens(self) -> np.ndarray:
+        """The whole stream as one flat array in the stored dtype.
+
+        A zero-copy view when the documents are one contiguous run of one array (e.g. all of a corpus);
+        otherwise a copy, so avoid it on streams larger than memory.
+        """
+        if self.num_docs == 0:
+            return np.zeros(0, dtype=self.arrays[0].dtype if self.arrays else np.int64)
+        breaks = _run_breaks(self.doc_array, self.doc_start, self.doc_start + self.doc_len)
+        runs = []
+        for first, last in zip(np.r_[0, breaks], np.r_[breaks, self.num_docs] - 1, strict=True):
+            lo, hi = self.doc_start[first], self.doc_start[last] + self.doc_len[last]
+            runs.append(self.arrays[self.doc_array[first]][lo:hi])
+        return runs[0] if len(runs) == 1 else np.concatenate(runs)
+
     def select(self, positions: np.ndarray) -> TokenStream:
         """The stream of this stream's documents at `positions`, in that order."""
         return TokenStream(
@@ -68,7 +84,7 @@ class TokenStream:
         src_hi = src_lo + doc_lens
         arrays = self.doc_array[docs]
         # Adjacent pieces that are contiguous in the same array are read with one slice.
-        breaks = np.flatnonzero((arrays[1:] != arrays[:-1]) | (src_lo[1:] != src_hi[:-1])) + 1
+        breaks = _run_breaks(arrays, src_lo, src_hi)
         out = np.empty(length, dtype=np.int64)
         pos = 0
         for run in np.split(np.arange(len(doc_lens)), breaks):
@@ -76,3 +92,8 @@ class TokenStream:
             out[pos : pos + hi - lo] = self.arrays[arrays[run[0]]][lo:hi]
             pos += hi - lo
         return out, doc_lens
+
+
+def _run_breaks(arrays: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Indices where a new run starts: pieces [lo, hi) of `arrays` not continuing the previous piece."""
+    return np.flatnonzero((arrays[1:] != arrays[:-1]) | (lo[1:] != hi[:-1])) + 1
