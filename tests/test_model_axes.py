@@ -19,6 +19,8 @@ from model_helpers import (
     twin,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 B, T, PREFIX, SHORT = 2, 10, 4, 7  # batch, full length, cached prefix, length of the shorter padded row
 
 

@@ -24,6 +24,8 @@ from olmo.nn.blocks import AttentionContext
 from olmo.nn.flops import matmul_params
 from olmo.nn.norms import build_norm
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 T = 12
 DOC_LENS = torch.tensor([[3, 5, 4], [6, 6, 0]])  # (B, max_docs), zero-padded
 
