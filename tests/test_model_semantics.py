@@ -506,6 +506,11 @@ def test_rope_cache_is_reused():
 
 
 def test_meta_device_builds_without_allocating():
+    # A 5.6B-parameter model (22 GB in fp32) builds in no time on meta: nothing is allocated.
+    big = tiny_config(d_model=4096, n_heads=32, n_layers=32, mlp_ratio=4, vocab_size=50280, embedding_size=None)
+    model = OLMo(big, device="meta")
+    assert sum(p.numel() for p in model.parameters()) > 5e9
+    assert all(p.is_meta for p in model.parameters())
     model = OLMo(tiny_config(init_device="meta"))
     assert all(p.is_meta for p in model.parameters())
     model.to_empty(device="cpu")
