@@ -485,6 +485,8 @@ def test_buffer_cache_is_shared_lazily_grown_and_not_state():
         assert cache[key][1] is first  # reused, not rebuilt
         model(random_ids(1, 20))
         assert cache[key][0] == 20 and cache[key][1].shape[-1] == 20  # grown for the longer input
+        model(random_ids(1, 21))
+        assert cache[key][0] == 40  # at least doubled, so token-by-token decoding rarely rebuilds
         grown = cache[key][1]
         model(random_ids(1, 8))
         assert cache[key][1] is grown
@@ -494,6 +496,19 @@ def test_buffer_cache_is_shared_lazily_grown_and_not_state():
     for _, tensor in cache.values():
         assert not any(tensor is p for p in params)
     assert set(model.state_dict()) == {name for name, _ in model.named_parameters()}
+
+
+def test_decoding_rebuilds_the_cache_rarely():
+    model = build(tiny_config(positional="rope", max_sequence_length=64))
+    cache = model.positional.cache
+    ids = random_ids(1, 64)
+    builds = set()
+    with torch.no_grad():
+        out = model(ids[:, :2], use_cache=True)
+        for t in range(2, 64):
+            out = model(ids[:, t : t + 1], past_key_values=out.attn_key_values, use_cache=True)
+            builds.add(cache[("causal_attention_bias", "cpu")][0])  # the length it was built for
+    assert builds == {3, 6, 12, 24, 48, 96}
 
 
 def test_rope_cache_is_reused():

@@ -2,7 +2,8 @@
 
 Kept in a plain dict on the model, not as registered buffers, so FSDP neither shards nor syncs them and
 they never enter a state dict. Each entry is built once per (name, device), in fp32 with autocast off, and
-rebuilt larger only when a longer sequence asks for it.
+rebuilt larger only when a longer sequence asks for it: at least twice as long, so that decoding one token
+at a time rebuilds it O(log T) times rather than at every step.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ class BufferCache(dict):
         """Return the cached tensor for ``name`` on ``device`` covering at least ``length`` positions."""
         key = (name, str(device))
         cached = self.get(key)
-        if cached is not None and cached[0] >= length:
-            return cached[1]
+        if cached is not None:
+            if cached[0] >= length:
+                return cached[1]
+            length = max(length, 2 * cached[0])
         with torch.autocast(device.type, enabled=False):
             tensor = build(length, device)
         self[key] = (length, tensor)
