@@ -51,6 +51,7 @@ def test_reshard_two_ranks_to_one_continues_within_1e5(data_cache, tmp_path):
         ("one_in_two", "fp32", 1e-5),
         ("size_based", "fp32", 1e-5),
         ("by_block_and_size", "fp32", 1e-5),
+        ("by_block_group", "fp32", 1e-5),
         # FSDP's mixed-precision policy (bf16 compute, fp32 reduction) against bf16 autocast in one process.
         ("by_block", "bf16", 1e-3),
     ],
@@ -60,6 +61,7 @@ def test_fsdp_wrap_strategies_match_one_process(data_cache, tmp_path, wrap, prec
     c.model.residual_dropout = 0.0
     c.distributed.fsdp_wrap = wrap
     c.distributed.fsdp_min_params = 1000
+    c.model.block_group_size = 2
     _, one = run_job(c, tmp_path, nproc=1)
     _, two = run_job(c, tmp_path, nproc=2)
     for k, v in two["losses"].items():
