@@ -1,0 +1,101 @@
+"""Metrics are written by a background thread, so logging never waits on the store.
+
+The training loop only appends to a list (microseconds); the thread sends everything pending in one
+``log_batch`` (up to MLflow's 1000 metrics per call) and retries when the store is busy (sqlite "database is
+locked" with many jobs on one file, a tracking server restarting), so no metric is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_METRICS_PER_BATCH = 1000
+
+
+class MetricWriter:
+    def __init__(self, client: Any, run_id: str, max_attempts: int = 12, max_backoff_seconds: float = 5.0) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.max_attempts = max_attempts
+        self.max_backoff = max_backoff_seconds
+        self.errors: list[str] = []  # batches given up on (after max_attempts)
+        self.batches_written = 0
+        self.metrics_written = 0
+        self._pending: list[Any] = []
+        self._submitted = 0
+        self._done = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name=f"mlflow-writer-{run_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def log(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        """Queue ``metrics`` at ``step``; returns at once."""
+        from mlflow.entities import Metric
+
+        ts = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+        items = [Metric(key, float(value), ts, int(step)) for key, value in metrics.items()]
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("MetricWriter is closed")
+            self._pending.extend(items)
+            self._submitted += len(items)
+            self._cond.notify()
+
+    def flush(self, timeout: float | None = 120.0) -> bool:
+        """Wait until every queued metric is written (or given up on); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._submitted
+            while self._done < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def close(self, timeout: float | None = 120.0) -> bool:
+        ok = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5.0)
+        return ok
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending and self._closed:
+                    return
+                batch = self._pending[:MAX_METRICS_PER_BATCH]
+                del self._pending[:MAX_METRICS_PER_BATCH]
+            self._write(batch)
+            with self._cond:
+                self._done += len(batch)
+                self._cond.notify_all()
+
+    def _write(self, batch: list[Any]) -> None:
+        delay = 0.05
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+                self.batches_written += 1
+                self.metrics_written += len(batch)
+                return
+            except Exception as e:  # a busy store: retry with backoff
+                if attempt == self.max_attempts:
+                    msg = f"dropped {len(batch)} metrics of run {self.run_id} after {attempt} attempts: {e}"
+                    log.error(msg)
+                    self.errors.append(msg)
+                    return
+                log.debug("log_batch attempt %d failed (%s); retrying in %.2fs", attempt, e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
