@@ -6,30 +6,37 @@
     comp.summary            # ranking, seeds' mean and 95% CI, Welch p-value, verdict, compute multiplier
     write_report(comp, "results/analysis/abc123", ui_url="http://localhost:5000")
 
-Or in one call / from the shell: :func:`analysis.compare.compare`, ``python -m analysis.compare``.
-Modules: ``names`` (tag and metric names), ``load`` (MLflow -> pandas), ``align`` (FLOP grid, EMA),
+Or in one call / from the shell: :func:`analysis.compare_sweep`, ``python -m analysis.compare``.
+Modules: ``names`` (tag and metric names), ``load`` (MLflow -> pandas), ``curves`` (FLOP grid, EMA),
 ``tables`` (budgets, baseline, multipliers, ranking), ``stats`` (seeds), ``effects`` (factorial grids),
 ``plots`` (figures), ``report`` (HTML, Markdown, CSV, artifact), ``compare`` (orchestration and CLI).
 """
 
-from analysis.align import Curves, align, ema, interpolate
-from analysis.compare import Comparison, analyse, compare
-from analysis.errors import AnalysisError
-from analysis.load import Sweep, load_sweep, resolve_tracking_uri
-from analysis.report import log_report, write_report
+from __future__ import annotations
 
-__all__ = [
-    "AnalysisError",
-    "Comparison",
-    "Curves",
-    "Sweep",
-    "align",
-    "analyse",
-    "compare",
-    "ema",
-    "interpolate",
-    "load_sweep",
-    "log_report",
-    "resolve_tracking_uri",
-    "write_report",
-]
+import importlib
+from typing import Any
+
+# Imported on first use, so that ``import analysis`` stays light and ``python -m analysis.compare`` runs cleanly.
+_EXPORTS = {
+    "AnalysisError": "analysis.errors",
+    "Comparison": "analysis.compare",
+    "Curves": "analysis.curves",
+    "Sweep": "analysis.load",
+    "align": "analysis.curves",
+    "analyse": "analysis.compare",
+    "compare_sweep": "analysis.compare",
+    "ema": "analysis.curves",
+    "interpolate": "analysis.curves",
+    "load_sweep": "analysis.load",
+    "log_report": "analysis.report",
+    "resolve_tracking_uri": "analysis.load",
+    "write_report": "analysis.report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import names
-from analysis.align import AUTO, Curves, align
+from analysis.curves import AUTO, Curves, align
 from analysis.effects import interactions, main_effects, marginal_means
 from analysis.errors import AnalysisError, bad_value
 from analysis.load import LOADERS, Sweep, load_sweep
@@ -171,7 +171,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "sweep"
 
 
-def compare(
+def compare_sweep(
     tracking_uri: str | None = None,
     *,
     experiment: str | None = None,
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        comp, paths = compare(
+        comp, paths = compare_sweep(
             args.tracking_uri, experiment=args.experiment, sweep_id=args.sweep_id, parent_run_id=args.parent_run_id,
             baseline=args.baseline, metric=args.metric, budgets=args.budgets, ema=args.ema, out_dir=args.out_dir,
             ui_url=args.ui_url, axes=[a.strip() for a in args.axes.split(",")] if args.axes else None,

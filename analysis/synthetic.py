@@ -8,6 +8,9 @@ seed and sweep-id tags, ``train/flops`` and ``train/tokens`` at the step of ever
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,3 +92,27 @@ def log_sweep(tracking_uri: str, experiment: str, runs: Sequence[SynthRun], swee
         client.set_tag(parent_id, "mlflow.note.content", f"synthetic sweep {sweep_id}")
         client.set_terminated(parent_id)
     return {"experiment_id": exp_id, "parent_run_id": parent_id, "run_ids": run_ids}
+
+
+def empty_store(path: str, cache_dir: str | None = None) -> str:
+    """An empty MLflow sqlite store at ``path``; returns its URI.
+
+    Creating MLflow's tables takes ~10 s (schema migrations), so the first empty store is cached (per MLflow
+    version, in ``cache_dir``, default the system temp folder) and copied after that.
+    """
+    import mlflow
+
+    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "olmo-analysis-cache")
+    os.makedirs(cache_dir, exist_ok=True)
+    template = os.path.join(cache_dir, f"mlflow-{mlflow.__version__}-empty.db")
+    if not os.path.exists(template):
+        from mlflow.tracking import MlflowClient
+
+        fd, tmp = tempfile.mkstemp(suffix=".db", dir=cache_dir)
+        os.close(fd)
+        os.remove(tmp)
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates the tables
+        os.replace(tmp, template)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    shutil.copyfile(template, path)
+    return f"sqlite:///{os.path.abspath(path)}"

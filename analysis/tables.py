@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.align import Curves, mean_curve
+from analysis.curves import Curves, mean_curve
 from analysis.errors import bad_value
 
 
