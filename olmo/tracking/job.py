@@ -70,6 +70,20 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def slurm_tags() -> dict[str, str]:
+    """The SLURM job this process runs in (an array task as <array job id>_<task id>, as squeue and submitit
+    name it), so a run leads to its job's logs; slurm_restart_count > 0 after a requeue. Empty outside SLURM."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    job_id = env["SLURM_JOB_ID"]
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    names = {"SLURM_JOB_ID": "slurm_raw_job_id", "SLURM_JOB_NODELIST": "slurm_nodelist",
+             "SLURM_RESTART_COUNT": "slurm_restart_count"}
+    return {"slurm_job_id": job_id, **{tag: env[var] for var, tag in names.items() if env.get(var)}}
+
+
 def checkpoint_run_id(save_folder: str | os.PathLike) -> str | None:
     """The MLflow run id stored by MLflowCallback in the newest checkpoint of ``save_folder``."""
     ckpt = latest_checkpoint(save_folder)
@@ -129,6 +143,7 @@ def run_tracked(
                 "git_commit": git_commit(),
                 "world_size": str(env.world_size),
                 "seed": str(cfg.train.seed),
+                **slurm_tags(),
                 **ctx.tags,
                 **axis_tags(cfg.model),
             }
