@@ -266,3 +266,28 @@ class OLMo(nn.Module):
         if bias.dtype in (torch.bool, torch.int8, torch.uint8):
             return torch.where(bias.bool(), 0.0, NEG_INF)
         return bias.to(torch.float32)
+
+    # ----- generation (olmo.generate holds the implementation) ----------------------------------------
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        max_steps: int = 10,
+        beam_size: int = 1,
+        per_node_beam_size: int | None = None,
+        sampler=None,
+        min_steps: int | None = None,
+        final_sequence_scorer=None,
+        constraints=None,
+    ):
+        """Beam search / sampling from left-padded prompts with the KV cache; see ``olmo.generate.generate``.
+
+        Returns ``OLMoGenerateOutput(token_ids (B, beam, <= max_steps), scores (B, beam))``, best beam first.
+        """
+        from olmo.generate import generate
+
+        return generate(
+            self, input_ids, attention_mask, max_steps=max_steps, beam_size=beam_size,
+            per_node_beam_size=per_node_beam_size, sampler=sampler, min_steps=min_steps,
+            final_sequence_scorer=final_sequence_scorer, constraints=constraints,
+        )
