@@ -40,9 +40,10 @@ class Comparison:
     """Everything the report shows. Tables are indexed by variant unless said otherwise.
 
     ``summary``: ranked variants at the shared budget: ``rank, n, mean, std, ci_low, ci_high, diff`` (vs baseline),
-    ``p_value`` (Welch), ``p_holm``, ``significant``, ``verdict``, ``multiplier``, ``censored``, ``gap_to_best``.
+    ``p_value`` (Welch), ``p_holm``, ``significant``, ``verdict``, ``multiplier``, ``flag`` (see
+    :func:`analysis.tables.compute_multipliers`), ``gap_to_best``.
     ``per_run``: index run id; ``variant``, ``seed`` and the loss at each budget (float columns).
-    ``loss_at_budgets``: mean over seeds at each budget. ``multipliers``: at each budget, plus ``censored@<budget>``.
+    ``loss_at_budgets``: mean over seeds at each budget. ``multipliers``: at each budget, plus ``flag@<budget>``.
     ``variant_table``: axis values, ``mean``, ``sem2`` per variant (the input of the effects).
     """
 
@@ -147,7 +148,7 @@ def analyse(
     groups = {v: per_run.loc[per_run["variant"] == v, shared].to_numpy(dtype=float)
               for v in sorted(per_run["variant"].unique())}
     stats = seed_summary(groups, base, alpha)
-    summary = ranking(stats, multipliers[shared], multipliers[f"censored@{shared:.3g}"])
+    summary = ranking(stats, multipliers[shared], multipliers[f"flag@{shared:.3g}"])
 
     first = runs.groupby("variant").first()
     variant_table = first.loc[summary.index, all_axes].copy() if all_axes else pd.DataFrame(index=summary.index)
@@ -222,7 +223,7 @@ def summary_text(comp: Comparison) -> str:
         ci = f"{fmt_loss(row['ci_low'])}-{fmt_loss(row['ci_high'])}" if math.isfinite(row["ci_low"]) else "-"
         rows.append({"rank": row["rank"], "variant": variant, "seeds": row["n"], "loss": fmt_loss(row["mean"]),
                      "95% CI": ci, "diff": f"{row['diff']:+.4f}", "multiplier": fmt_mult(row["multiplier"],
-                                                                                     row["censored"]),
+                                                                                     row["flag"]),
                      "p": fmt_p(row["p_value"]), "verdict": row["verdict"]})
     return pd.DataFrame(rows).to_string(index=False)
 

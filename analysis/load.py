@@ -42,9 +42,7 @@ def _check_store_exists(uri: str) -> None:
     """MLflow would silently create an empty sqlite file; a missing store is a user error instead."""
     if _scheme(uri) != "sqlite" or ":memory:" in uri:
         return
-    path = uri.split("://", 1)[1]
-    path = path[1:] if path.startswith("/") else path  # sqlite:///rel -> rel, sqlite:////abs -> /abs
-    if not os.path.exists(path):
+    if not os.path.exists(_sqlite_path(uri)):
         raise bad_value(
             "tracking_uri", uri, "an existing store: run a sweep first, or pass --tracking-uri / set "
             f"{names.TRACKING_URI_ENV}", "does not exist"
@@ -227,48 +225,74 @@ def _find_runs(client, uri: str, experiment, sweep_id, parent_run_id, sweep_tag:
 # ----------------------------------------------------------------------------------------------------- metrics
 
 
-def _split_rows(run_ids: np.ndarray, keys: np.ndarray, steps: np.ndarray, values: np.ndarray,
-                timestamps: np.ndarray) -> dict[str, dict[str, Series]]:
-    """Rows -> series[key][run] sorted by step, the latest timestamp winning for a step logged twice."""
+def _split_rows(run_ids: Sequence[str], keys: Sequence[str], steps: np.ndarray, values: np.ndarray,
+                timestamps: np.ndarray | None) -> dict[str, dict[str, Series]]:
+    """Rows -> series[key][run] sorted by step; for a step logged twice the latest timestamp wins (without
+    timestamps, the rows must already be in (run, key, step, timestamp) order)."""
     out: dict[str, dict[str, Series]] = {}
     if len(run_ids) == 0:
         return out
-    order = np.lexsort((timestamps, steps, keys, run_ids))
-    run_ids, keys, steps, values = run_ids[order], keys[order], steps[order], values[order]
-    # last row of each (run, key, step)
-    last = np.ones(len(order), dtype=bool)
-    last[:-1] = (run_ids[1:] != run_ids[:-1]) | (keys[1:] != keys[:-1]) | (steps[1:] != steps[:-1])
-    run_ids, keys, steps, values = run_ids[last], keys[last], steps[last], values[last]
-    boundary = np.flatnonzero((run_ids[1:] != run_ids[:-1]) | (keys[1:] != keys[:-1])) + 1
-    starts = np.r_[0, boundary]
-    ends = np.r_[boundary, len(run_ids)]
-    for s, e in zip(starts, ends, strict=True):
-        out.setdefault(str(keys[s]), {})[str(run_ids[s])] = (steps[s:e].astype(np.int64), values[s:e].astype(float))
+    run_codes, run_names = pd.factorize(np.asarray(run_ids, dtype=object))
+    key_codes, key_names = pd.factorize(np.asarray(keys, dtype=object))
+    steps = np.asarray(steps, dtype=np.int64)
+    values = np.asarray(values, dtype=float)
+    if timestamps is not None:
+        order = np.lexsort((np.asarray(timestamps, dtype=np.int64), steps, key_codes, run_codes))
+        run_codes, key_codes, steps, values = run_codes[order], key_codes[order], steps[order], values[order]
+    group = run_codes.astype(np.int64) * (len(key_names) + 1) + key_codes
+    last = np.ones(len(group), dtype=bool)  # the last row of each (run, key, step)
+    last[:-1] = (group[1:] != group[:-1]) | (steps[1:] != steps[:-1])
+    group, steps, values = group[last], steps[last], values[last]
+    boundary = np.flatnonzero(group[1:] != group[:-1]) + 1
+    for start, end in zip(np.r_[0, boundary], np.r_[boundary, len(group)], strict=True):
+        run, key = divmod(int(group[start]), len(key_names) + 1)
+        out.setdefault(str(key_names[key]), {})[str(run_names[run])] = (steps[start:end], values[start:end])
     return out
 
 
-def load_metrics_sql(uri: str, run_ids: Sequence[str], keys: Sequence[str], chunk: int = 500):
-    """All histories of ``keys`` for ``run_ids`` with one SQL query per ``chunk`` runs on MLflow's ``metrics`` table."""
-    from sqlalchemy import bindparam, create_engine, text
+def _sqlite_path(uri: str) -> str:
+    """sqlite:///rel -> rel, sqlite:////abs -> /abs."""
+    path = uri.split("://", 1)[1]
+    return path[1:] if path.startswith("/") else path
 
-    stmt = text(
-        "SELECT run_uuid, key, step, value, is_nan, timestamp FROM metrics WHERE run_uuid IN :runs AND key IN :keys"
-    ).bindparams(bindparam("runs", expanding=True), bindparam("keys", expanding=True))
-    engine = create_engine(uri)
+
+def load_metrics_sql(uri: str, run_ids: Sequence[str], keys: Sequence[str], chunk: int = 500):
+    """All histories of ``keys`` for ``run_ids`` with one SQL query per ``chunk`` runs on MLflow's ``metrics`` table
+    (sqlite through the standard library, read-only; other databases through SQLAlchemy)."""
+    columns = "run_uuid, key, step, value, is_nan"
+    order = " ORDER BY run_uuid, key, step, timestamp"
     rows: list[Any] = []
-    try:
-        with engine.connect() as conn:
+    if _scheme(uri) == "sqlite":
+        import sqlite3
+
+        con = sqlite3.connect(f"file:{_sqlite_path(uri)}?mode=ro", uri=True)
+        try:
             for i in range(0, len(run_ids), chunk):
-                rows.extend(conn.execute(stmt, {"runs": list(run_ids[i:i + chunk]), "keys": list(keys)}).fetchall())
-    finally:
-        engine.dispose()
+                part = list(run_ids[i:i + chunk])
+                sql = (f"SELECT {columns} FROM metrics WHERE run_uuid IN ({','.join('?' * len(part))}) "
+                       f"AND key IN ({','.join('?' * len(keys))}){order}")
+                rows.extend(con.execute(sql, [*part, *keys]).fetchall())
+        finally:
+            con.close()
+    else:
+        from sqlalchemy import bindparam, create_engine, text
+
+        stmt = text(f"SELECT {columns} FROM metrics WHERE run_uuid IN :runs AND key IN :keys{order}").bindparams(
+            bindparam("runs", expanding=True), bindparam("keys", expanding=True))
+        engine = create_engine(uri)
+        try:
+            with engine.connect() as conn:
+                for i in range(0, len(run_ids), chunk):
+                    part = list(run_ids[i:i + chunk])
+                    rows.extend(tuple(r) for r in conn.execute(stmt, {"runs": part, "keys": list(keys)}))
+        finally:
+            engine.dispose()
     if not rows:
         return {}
-    r, k, s, v, nan, t = zip(*rows, strict=True)
-    values = np.asarray(v, dtype=float)
-    values[np.asarray(nan, dtype=bool)] = np.nan
-    return _split_rows(np.asarray(r, dtype=object), np.asarray(k, dtype=object), np.asarray(s, dtype=np.int64),
-                       values, np.asarray(t, dtype=np.int64))
+    frame = pd.DataFrame.from_records(rows, columns=["run", "key", "step", "value", "is_nan"])
+    values = frame["value"].to_numpy(dtype=float, copy=True)
+    values[frame["is_nan"].to_numpy(dtype=bool)] = np.nan
+    return _split_rows(frame["run"].to_numpy(), frame["key"].to_numpy(), frame["step"].to_numpy(), values, None)
 
 
 def load_metrics_client(uri: str, run_ids: Sequence[str], keys: Sequence[str], threads: int = 8):
@@ -288,8 +312,7 @@ def load_metrics_client(uri: str, run_ids: Sequence[str], keys: Sequence[str], t
                 cols["s"].append(m.step)
                 cols["v"].append(m.value)
                 cols["t"].append(m.timestamp)
-    return _split_rows(np.asarray(cols["r"], dtype=object), np.asarray(cols["k"], dtype=object),
-                       np.asarray(cols["s"], dtype=np.int64), np.asarray(cols["v"], dtype=float),
+    return _split_rows(cols["r"], cols["k"], np.asarray(cols["s"], dtype=np.int64), np.asarray(cols["v"], dtype=float),
                        np.asarray(cols["t"], dtype=np.int64))
 
 

@@ -81,11 +81,12 @@ def plot_multipliers(comp: Comparison) -> Figure:
     y = np.arange(len(variants))
     colors = ["black" if v == comp.baseline else ("tab:green" if m >= 1 else "tab:red")
               for v, m in zip(variants, values, strict=True)]
-    ax.barh(y, np.nan_to_num(values, nan=0.0), color=colors, alpha=0.8)
+    ax.barh(y, np.nan_to_num(values, nan=1.0) - 1.0, left=1.0, color=colors, alpha=0.8)  # bars grow from 1
     ax.axvline(1.0, color="black", lw=1)
-    for yi, (m, c) in enumerate(zip(values, frame["censored"], strict=True)):
+    for yi, (m, flag) in enumerate(zip(values, frame["flag"], strict=True)):
         if np.isfinite(m):
-            ax.text(m, yi, f" {c}{m:.2f}×", va="center", fontsize=8)
+            label = f"{m:.2f}×†" if flag == "reverse" else f"{flag}{m:.2f}×"
+            ax.text(m, yi, f" {label} ", va="center", fontsize=8, ha="left" if m >= 1 else "right")
     ax.set_yticks(y, [f"{v} (baseline)" if v == comp.baseline else v for v in variants], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
@@ -131,10 +132,13 @@ def save_figure(fig: Figure, out_dir: str, name: str, formats: tuple[str, ...] =
     """Write ``name.png`` / ``name.svg`` into ``out_dir``; returns format -> path. The figure stays open."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
-    for fmt in formats:
-        path = os.path.join(out_dir, f"{name}.{fmt}")
-        fig.savefig(path, dpi=dpi)
-        paths[fmt] = path
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: smaller, faster, searchable
+        for i, fmt in enumerate(formats):
+            path = os.path.join(out_dir, f"{name}.{fmt}")
+            fig.savefig(path, dpi=dpi)
+            if i == 0 and fig.get_layout_engine() is not None:
+                fig.set_layout_engine("none")  # laid out once: the next formats reuse it
+            paths[fmt] = path
     return paths
 
 

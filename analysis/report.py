@@ -16,6 +16,7 @@ import pandas as pd
 
 from analysis import names
 from analysis.plots import make_figures, save_figure
+from analysis.tables import REVERSE
 
 if TYPE_CHECKING:
     from analysis.compare import Comparison
@@ -39,8 +40,13 @@ def fmt_flops(x: float) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:.3g}"
 
 
-def fmt_mult(m: float, censored: str = "") -> str:
-    return "—" if m is None or not math.isfinite(m) else f"{censored}{m:.2f}×"
+def fmt_mult(m: float, flag: str = "") -> str:
+    """``1.44×``; ``>1.00×`` / ``<1.00×`` for bounds; ``1.44×†`` when measured from the variant's side."""
+    if m is None or not math.isfinite(m):
+        return "—"
+    if flag == REVERSE:
+        return f"{m:.2f}×†"
+    return f"{flag}{m:.2f}×"
 
 
 def fmt_p(p: float) -> str:
@@ -223,7 +229,7 @@ def build_doc(comp: Comparison, ui_url: str | None = None) -> Doc:
             continue
         verdicts.append((f"{variant}:", f"loss {fmt_loss(row['mean'])} vs {fmt_loss(base['mean'])} "
                          f"(Δ {fmt_delta(row['diff'], base['mean'])}), compute multiplier "
-                         f"{fmt_mult(row['multiplier'], row['censored'])}; {row['verdict']}."))
+                         f"{fmt_mult(row['multiplier'], row['flag'])}; {row['verdict']}."))
     doc.items(verdicts or [("Only one variant:", "nothing to compare.")])
 
     doc.h2("Ranking")
@@ -232,7 +238,7 @@ def build_doc(comp: Comparison, ui_url: str | None = None) -> Doc:
          "p (Welch)", "p (Holm)", "verdict"],
         [[str(row["rank"]), variant, _run_links(comp, variant, ui_url), str(row["n"]), fmt_loss(row["mean"]),
           f"{fmt_loss(row['ci_low'])} – {fmt_loss(row['ci_high'])}" if math.isfinite(row["ci_low"]) else "—",
-          fmt_delta(row["diff"], base["mean"]), fmt_mult(row["multiplier"], row["censored"]), fmt_p(row["p_value"]),
+          fmt_delta(row["diff"], base["mean"]), fmt_mult(row["multiplier"], row["flag"]), fmt_p(row["p_value"]),
           fmt_p(row["p_holm"]), row["verdict"]] for variant, row in summary.iterrows()],
     ))
     doc.figure("loss_vs_flops", f"{comp.curves.metric} against training FLOPs (log scale); each line is a variant's "
@@ -246,11 +252,12 @@ def build_doc(comp: Comparison, ui_url: str | None = None) -> Doc:
 
     doc.h2("Compute multipliers")
     doc.p(f"The FLOPs the baseline {comp.baseline} needs to reach a variant's loss, divided by the variant's FLOPs: "
-          "above 1 the variant is more compute-efficient (1.5× = the baseline needs 50% more compute). '>' marks a "
-          "lower bound (the baseline never got that low), '<' an upper bound (the baseline was already lower at "
-          "its first point).")
+          "above 1 the variant is more compute-efficient (1.5× = the baseline needs 50% more compute). † where the "
+          "baseline never got that low: then the budget divided by the FLOPs the variant needed to reach the "
+          "baseline's loss at that budget. '>' marks a lower bound, '<' an upper bound (neither curve reached the "
+          "other's loss).")
     doc.table(Table(["variant"] + [fmt_flops(b) for b in comp.budgets],
-                    [[v] + [fmt_mult(comp.multipliers.loc[v, b], comp.multipliers.loc[v, f"censored@{b:.3g}"])
+                    [[v] + [fmt_mult(comp.multipliers.loc[v, b], comp.multipliers.loc[v, f"flag@{b:.3g}"])
                             for b in comp.budgets] for v in order]))
     doc.figure("multipliers", f"Compute multiplier against {comp.baseline} at the shared budget.")
 

@@ -104,35 +104,56 @@ def flops_to_reach(flops: np.ndarray, loss: np.ndarray, target: float) -> tuple[
     return float(np.exp(lf0 + frac * (lf1 - lf0))), ""
 
 
+REVERSE = "reverse"  # flag of a multiplier measured from the variant's side (see compute_multipliers)
+
+
 def compute_multipliers(curves: Curves, runs: pd.DataFrame, means: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    """Compute multiplier of each variant against the baseline at each budget: the FLOPs the baseline (mean over its
-    seeds) needs to reach the variant's loss at that budget, divided by the budget. Above 1: the variant is more
-    compute-efficient. ``censored`` columns hold ``">"``/``"<"`` where the value is only a bound."""
-    base_runs = [r for r in runs.index[runs["variant"] == baseline] if r in curves.raw]
-    bflops, bloss = mean_curve(curves, base_runs)
+    """Compute multiplier of each variant against the baseline at each budget F: the FLOPs the baseline (mean over
+    its seeds) needs to reach the variant's loss at F, divided by F. Above 1: the variant is more compute-efficient.
+
+    When the baseline never gets that low (typical at the end of a sweep whose runs share one budget), it is measured
+    from the variant's side instead: F divided by the FLOPs the variant needed to reach the baseline's loss at F
+    (flag ``reverse``; both agree when the curves are parallel in log FLOPs, e.g. power laws with one exponent).
+    When neither curve reaches the other's loss the value is a bound: flag ``">"`` (at least) or ``"<"`` (at most).
+    Columns: one per budget, plus ``flag@<budget>``.
+    """
+    def members(variant):
+        return [r for r in runs.index[runs["variant"] == variant] if r in curves.raw]
+
+    bflops, bloss = mean_curve(curves, members(baseline))
     values, flags = {}, {}
     for variant in means.index:
         row, flag = [], []
+        vcurve = None
         for budget in means.columns:
-            if variant == baseline:
-                row.append(1.0 if math.isfinite(means.loc[variant, budget]) else math.nan)
+            loss = float(means.loc[variant, budget])
+            if variant == baseline or not math.isfinite(loss):
+                row.append(1.0 if math.isfinite(loss) else math.nan)
                 flag.append("")
                 continue
-            reach, censored = flops_to_reach(bflops, bloss, float(means.loc[variant, budget]))
+            reach, censored = flops_to_reach(bflops, bloss, loss)
+            if censored == ">":  # the baseline never got that low: how early did the variant reach the baseline?
+                base_loss = float(means.loc[baseline, budget]) if baseline in means.index else math.nan
+                vcurve = vcurve or mean_curve(curves, members(variant))
+                vreach, vcensored = flops_to_reach(*vcurve, base_loss)
+                if math.isfinite(vreach) and vcensored == "":
+                    row.append(float(budget) / vreach)
+                    flag.append(REVERSE)
+                    continue
             row.append(reach / float(budget))
             flag.append(censored)
         values[variant], flags[variant] = row, flag
     out = pd.DataFrame(values, index=list(means.columns)).T
     out.index.name = "variant"
-    censored = pd.DataFrame(flags, index=[f"censored@{b:.3g}" for b in means.columns]).T
-    return pd.concat([out, censored], axis=1)
+    flag_frame = pd.DataFrame(flags, index=[f"flag@{b:.3g}" for b in means.columns]).T
+    return pd.concat([out, flag_frame], axis=1)
 
 
-def ranking(summary: pd.DataFrame, multipliers: pd.Series, censored: pd.Series) -> pd.DataFrame:
+def ranking(summary: pd.DataFrame, multipliers: pd.Series, flags: pd.Series) -> pd.DataFrame:
     """Variants ordered by mean loss at the shared budget (rank 1 = lowest), with the gap to the best."""
     frame = summary.copy()
     frame["multiplier"] = multipliers.reindex(frame.index)
-    frame["censored"] = censored.reindex(frame.index).fillna("")
+    frame["flag"] = flags.reindex(frame.index).fillna("")
     frame = frame.sort_values("mean", kind="stable")
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     frame["gap_to_best"] = frame["mean"] - frame["mean"].min()

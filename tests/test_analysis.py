@@ -226,10 +226,20 @@ def test_compute_multipliers_are_the_analytic_ones(pl):
         expected = (B["rope"] / B[pos]) ** (1 / ALPHA)  # 1.44 for alibi, 0.694 for learned
         for budget in (3e13, 1.2e14, 2e14):
             assert m.loc[f"pos={pos}", budget] == pytest.approx(expected, rel=1e-3), (pos, budget)
-            assert m.loc[f"pos={pos}", f"censored@{budget:.3g}"] == ""
+            assert m.loc[f"pos={pos}", f"flag@{budget:.3g}"] == ""  # rope ran long enough: measured directly
     # at 3e14 alibi has no loss; learned's loss is reached by rope at 0.694 * 3e14, inside rope's range
     assert math.isnan(m.loc["pos=alibi", 3e14])
     assert m.loc["pos=learned", 3e14] == pytest.approx((B["rope"] / B["learned"]) ** 2, rel=1e-3)
+
+
+def test_multiplier_from_the_variants_side_when_the_baseline_stops_too_early(store):
+    # learned stops at 3e14; alibi's loss at 2e14 takes learned 2e14 * (3.6/2.5)**2 = 4.1e14: out of reach, so the
+    # multiplier is 2e14 / (the FLOPs alibi needed to reach learned's loss at 2e14), the same 2.07 for power laws
+    comp = analyse(load_sweep(store["uri"], sweep_id="pl"), baseline="pos=learned", budgets=[2e14])
+    assert comp.multipliers.loc["pos=alibi", 2e14] == pytest.approx((B["learned"] / B["alibi"]) ** 2, rel=1e-3)
+    assert comp.multipliers.loc["pos=alibi", "flag@2e+14"] == "reverse"
+    assert comp.summary.loc["pos=alibi", "flag"] == "reverse"
+    assert comp.multipliers.loc["pos=rope", 2e14] == pytest.approx((B["learned"] / B["rope"]) ** 2, rel=1e-3)
 
 
 def test_flops_to_reach_bounds():
@@ -292,9 +302,13 @@ def test_seed_intervals_and_verdicts(store):
     assert s.loc["pos=alibi", "verdict"].startswith("better than baseline")
     assert s.loc["pos=learned", "p_value"] > 0.5 and not s.loc["pos=learned", "significant"]
     assert s.loc["pos=learned", "verdict"].startswith("within noise")
-    # rope never gets as low as alibi within its 60 steps: the multiplier is only a lower bound
-    assert s.loc["pos=alibi", "censored"] == ">" and s.loc["pos=alibi", "multiplier"] == pytest.approx(1.0)
-    assert s.loc["pos=learned", "multiplier"] < 1 and s.loc["pos=learned", "censored"] == ""
+    # rope never gets as low as alibi within its 60 steps: measured from alibi's side, where alibi reached rope's
+    # loss at the shared budget F: 3e6 * F'**-0.5 - 0.1 = 3e6 * F**-0.5
+    f = comp.shared_budget
+    reach = (f**-0.5 + 0.1 / 3e6) ** -2
+    assert s.loc["pos=alibi", "flag"] == "reverse"
+    assert s.loc["pos=alibi", "multiplier"] == pytest.approx(f / reach, rel=5e-3)
+    assert s.loc["pos=learned", "multiplier"] < 1 and s.loc["pos=learned", "flag"] == ""
 
 
 def test_stats_helpers():
@@ -424,5 +438,11 @@ def test_cli_errors_are_one_line(store, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert proc.stderr.startswith("error: baseline='pos=nope' is not in the sweep; allowed:")
-    proc = _cli("--tracking-uri", store["uri"], "--experiment", "empty")
-    assert proc.returncode == 2 and proc.stderr.startswith("error: experiment='empty' has no runs")
+
+def test_cli_main_in_process(store, capsys):
+    from analysis.compare import main
+
+    assert main(["--tracking-uri", store["uri"], "--experiment", "empty"]) == 2
+    assert capsys.readouterr().err.startswith("error: experiment='empty' has no runs")
+    assert main(["--tracking-uri", store["uri"], "--sweep", "sd", "--metric", "eval/los", "--no-log"]) == 2
+    assert capsys.readouterr().err.startswith("error: metric='eval/los' is not logged by these runs; allowed: 'auto'")
