@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,9 +102,33 @@ def run_experiment(
 ) -> TrainResult:
     """Train one configured model; resume from save_folder's newest checkpoint when there is one."""
     job = build_job(cfg, callbacks, model_hook=model_hook)
+    if cfg.train.save_folder and job.env.is_main:
+        save_run_files(Path(cfg.train.save_folder), job)
     if job.trainer.maybe_resume():
         log.info("resumed from %s at step %d", job.trainer.last_checkpoint, job.trainer.state.step)
     result = job.trainer.fit()
     if result.status == "completed" and cfg.train.save_folder and cfg.train.export_final_model:
-        export_unsharded(job.trainer.model, job.model_config, Path(cfg.train.save_folder) / "final", job.env.is_main)
+        final = export_unsharded(job.trainer.model, job.model_config, Path(cfg.train.save_folder) / "final",
+                                 job.env.is_main)
+        tokenizer = Path(cfg.train.save_folder) / TOKENIZER_FILE
+        if job.env.is_main and tokenizer.is_file():
+            shutil.copyfile(tokenizer, final / TOKENIZER_FILE)
     return result
+
+
+MODEL_CONFIG_FILE = "model_config.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def save_run_files(folder: Path, job: Job) -> None:
+    """Next to the checkpoints: the model config (with the data's vocabulary) and the tokenizer, so that any
+    ``step<N>`` checkpoint can be loaded and decoded on its own (generate.py)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (MODEL_CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(job.model_config.asdict(), indent=2))
+    os.replace(tmp, folder / MODEL_CONFIG_FILE)
+    tokenizer = getattr(job.data, "tokenizer", None)
+    if tokenizer is not None:
+        tmp = folder / (TOKENIZER_FILE + ".tmp")
+        tokenizer.save(str(tmp))
+        os.replace(tmp, folder / TOKENIZER_FILE)
