@@ -190,7 +190,8 @@ def compare_sweep(
     grid_points: int = 256,
     alpha: float = 0.05,
 ) -> tuple[Comparison, dict[str, str]]:
-    """Load, analyse, write the report into ``out_dir`` (default ``results/analysis/<target>``) and log it on the
+    """Load, analyse, write the report into ``out_dir`` (default ``results/analysis/<target>``, ``results`` being
+    ``$OLMO_SWEEPS_RESULTS`` when set) and log it on the
     sweep's parent run. Returns the comparison and name -> path (``html``, ``markdown``, CSVs, figures,
     ``artifact_uri`` when logged)."""
     from analysis.report import log_report, write_report
@@ -202,7 +203,8 @@ def compare_sweep(
         raise bad_value("metric", metric, [AUTO, *sweep.available_metrics], "is not logged by these runs")
     comp = analyse(sweep, baseline=baseline, metric=metric, budgets=budgets, ema=ema, grid_points=grid_points,
                    alpha=alpha)
-    out_dir = out_dir or os.path.join("results", "analysis", _slug(sweep.target))
+    out_dir = out_dir or os.path.join(os.environ.get(names.RESULTS_DIR_ENV) or "results", "analysis",
+                                      _slug(sweep.target))
     paths = write_report(comp, out_dir, ui_url)
     if log_artifact:
         uri = log_report(comp, out_dir)
@@ -248,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "shared budget)")
     p.add_argument("--ema", type=float, default=0.9, help="EMA smoothing of train metrics over steps, in [0, 1) "
                                                           "(default 0.9; 0 = none)")
-    p.add_argument("--out", dest="out_dir", help="output folder (default results/analysis/<target>)")
+    p.add_argument("--out", dest="out_dir", help="output folder (default: results/analysis/<target>, results being "
+                                                 f"${names.RESULTS_DIR_ENV} when set)")
     p.add_argument("--ui-url", help="MLflow UI base URL, e.g. http://localhost:5000, to link each run")
     p.add_argument("--axes", help="comma-separated axis tags (default: known axis tags present)")
     p.add_argument("--grid-points", type=int, default=256, help="points of the common log FLOP grid (default 256)")

@@ -192,7 +192,8 @@ def _find_runs(client, uri: str, experiment, sweep_id, parent_run_id, sweep_tag:
         if not runs:
             raise bad_value("parent_run", parent_run_id, "the parent run of a sweep (one with child runs)",
                             "has no child runs")
-        return runs, exp_ids, parent_run_id, parent.data.tags.get(sweep_tag), f"parent run {parent_run_id}"
+        sweep = parent.data.tags.get(sweep_tag)
+        return runs, exp_ids, parent_run_id, sweep, f"sweep {sweep}" if sweep else f"parent run {parent_run_id}"
 
     exp_ids = [_experiment(client, experiment).experiment_id] if experiment else _all_experiment_ids(client)
     if sweep_id:
