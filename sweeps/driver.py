@@ -30,7 +30,7 @@ from olmo.config import ExperimentConfig
 from olmo.errors import OLMoConfigurationError
 from olmo.tracking import config_hash, git_commit, prepare_store, resolve_tracking_uri
 from olmo.tracking.store import client, finished_run
-from sweeps.schema import to_configs
+from sweeps.schema import Composed, to_configs
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,21 @@ def check_experiment(exp: ExperimentConfig, world_size: int) -> None:
     training_budget(model, exp.train)
 
 
-def _multirun_start(config: DictConfig) -> None:
+class SweepConfigError(Exception):
+    """Some jobs of a sweep have a bad config: one line per bad job."""
+
+    def __init__(self, lines: list[str], n_jobs: int) -> None:
+        self.lines, self.n_jobs = lines, n_jobs
+        shown = lines[:20] + ([f"... and {len(lines) - 20} more"] if len(lines) > 20 else [])
+        super().__init__("\n".join(
+            [f"{len(lines)} of {n_jobs} jobs have a bad config; no job was started:"] + [f"  {ln}" for ln in shown]
+        ))
+
+
+def validate_sweep(config: DictConfig) -> tuple[list[SweepJob], list[str], Composed]:
+    """Compose, convert and validate every job of the multirun ``config``; raise SweepConfigError listing every
+    bad job (and jobs that would train the same config twice). Returns the jobs (with their config hashes),
+    the swept keys and the first job's converted config."""
     from hydra.core.global_hydra import GlobalHydra
 
     loader = GlobalHydra.instance().config_loader()
@@ -180,9 +194,11 @@ def _multirun_start(config: DictConfig) -> None:
     jobs, swept = sweep_jobs(config)
     world_size = world_size_of(config)
     errors: list[str] = []
-    composed = None
+    first: Composed | None = None
     seen: dict[str, int] = {}
     start = time.perf_counter()
+    if len(jobs) > 20:
+        log.info("validating the configs of %d jobs (~0.2 s each) before launching any", len(jobs))
     for job in jobs:
         try:
             job_cfg = loader.load_sweep_config(config, job.overrides)
@@ -191,20 +207,25 @@ def _multirun_start(config: DictConfig) -> None:
         except Exception as e:  # noqa: BLE001  (every composition/validation error is reported, one line each)
             errors.append(f"job #{job.num} ({_name(job.overrides, swept)}): {_one_line(e)}")
             continue
-        composed = composed or c
+        first = first or c
         job.config_hash = config_hash(c.experiment)
         if job.config_hash in seen:
             errors.append(f"job #{job.num} ({_name(job.overrides, swept)}) trains the same config as job "
                           f"#{seen[job.config_hash]} (config hash {job.config_hash})")
         seen.setdefault(job.config_hash, job.num)
-    if errors:
-        shown = errors[:20] + ([f"... and {len(errors) - 20} more"] if len(errors) > 20 else [])
-        print(f"Error: {len(errors)} of {len(jobs)} jobs have a bad config; no job was started:", file=sys.stderr)
-        for line in shown:
-            print(f"  {line}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_CONFIG)
+    if errors or first is None:
+        raise SweepConfigError(errors, len(jobs))
     log.info("validated %d job configs in %.1fs", len(jobs), time.perf_counter() - start)
-    if not is_main_process() or composed is None:
+    return jobs, swept, first
+
+
+def _multirun_start(config: DictConfig) -> None:
+    try:
+        jobs, swept, composed = validate_sweep(config)
+    except SweepConfigError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_CONFIG) from None
+    if not is_main_process():
         return
 
     sweep_dir = Path(str(config.hydra.sweep.dir))

@@ -19,6 +19,7 @@ from sweeps.schema import to_configs
 log = logging.getLogger(__name__)
 
 # Hydra choices recorded as tags (the axes themselves are tagged from the model config: what was trained).
+EXIT_PREEMPTED = 128 + 15  # as if killed by SIGTERM
 CHOICE_TAGS = ("model", "data", "optim", "scheduler", "train", "distributed", "sweep")
 
 
@@ -65,7 +66,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     else:
         log.info("job #%d %s (MLflow run %s)", num, outcome.status, outcome.run_id)
     if outcome.status == "preempted":
-        preemption.requeue()
+        if "SUBMITIT_EXECUTOR" in os.environ:
+            preemption.requeue()
+        else:  # SIGTERM/SIGUSR1 to a local run: stop here (the sweep too); running it again resumes
+            log.warning("job #%d stopped by a signal after checkpointing; run the same command to resume", num)
+            raise SystemExit(EXIT_PREEMPTED)
     if "SUBMITIT_EXECUTOR" in os.environ:  # a process of its own: release the process group
         from olmo.distributed.env import shutdown_distributed
 

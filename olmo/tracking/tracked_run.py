@@ -101,6 +101,7 @@ class TrackedRun:
         except ImportError:
             log.info("system metrics off: psutil is not installed")
             return
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines per job
         self._system_monitor = SystemMetricsMonitor(
             self.run_id, sampling_interval=self.cfg.system_metrics_interval, resume_logging=self.resumed,
             tracking_uri=self.uri,
