@@ -133,6 +133,8 @@ def analyse(
     wanted = parse_budgets(budgets)
     chosen = sorted(set((wanted if wanted is not None else default_budgets(curves)) + [shared]))
     notes = []
+    if sweep.dropped:
+        notes.append(f"Left out (no {names.TRAIN_FLOPS} logged): {', '.join(sweep.dropped)}.")
     if curves.skipped:
         notes.append(f"Skipped (fewer than two points of {curves.metric} with FLOPs): {', '.join(curves.skipped)}.")
     if wanted:
@@ -189,6 +191,7 @@ def compare_sweep(
     loader: str = "auto",
     grid_points: int = 256,
     alpha: float = 0.05,
+    statuses: Sequence[str] | None = None,
 ) -> tuple[Comparison, dict[str, str]]:
     """Load, analyse, write the report into ``out_dir`` (default ``results/analysis/<target>``, ``results`` being
     ``$OLMO_SWEEPS_RESULTS`` when set) and log it on the
@@ -198,7 +201,7 @@ def compare_sweep(
 
     keys = [names.TRAIN_LOSS, names.EVAL_LOSS] + ([metric] if metric != AUTO else [])
     sweep = load_sweep(tracking_uri, experiment=experiment, sweep_id=sweep_id, parent_run_id=parent_run_id,
-                       axes=axes, metrics=keys, loader=loader)
+                       axes=axes, metrics=keys, loader=loader, statuses=statuses)
     if metric != AUTO and metric not in sweep.available_metrics:
         raise bad_value("metric", metric, [AUTO, *sweep.available_metrics], "is not logged by these runs")
     comp = analyse(sweep, baseline=baseline, metric=metric, budgets=budgets, ema=ema, grid_points=grid_points,
@@ -256,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axes", help="comma-separated axis tags (default: known axis tags present)")
     p.add_argument("--grid-points", type=int, default=256, help="points of the common log FLOP grid (default 256)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the t-tests (default 0.05)")
+    p.add_argument("--status", help="only runs in these MLflow states, comma-separated (e.g. FINISHED; default: all)")
     p.add_argument("--loader", default="auto", choices=LOADERS, help="metric loading: SQL fast path or client API")
     p.add_argument("--no-log", dest="log_artifact", action="store_false",
                    help="do not log the report on the parent run")
@@ -270,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             baseline=args.baseline, metric=args.metric, budgets=args.budgets, ema=args.ema, out_dir=args.out_dir,
             ui_url=args.ui_url, axes=[a.strip() for a in args.axes.split(",")] if args.axes else None,
             log_artifact=args.log_artifact, loader=args.loader, grid_points=args.grid_points, alpha=args.alpha,
+            statuses=[x.strip() for x in args.status.split(",")] if args.status else None,
         )
     except AnalysisError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -21,6 +21,7 @@ from analysis.errors import AnalysisError, bad_value
 
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 LOADERS = ("auto", "sql", "client")
+STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 
 Series = tuple[np.ndarray, np.ndarray]  # (steps, values), steps ascending
 
@@ -70,6 +71,7 @@ class Sweep:
     parent_run_id: str | None = None
     sweep_id: str | None = None
     target: str = ""
+    dropped: list[str] = field(default_factory=list)  # runs left out: no train/flops logged
     loader: Callable[[Sequence[str]], dict[str, dict[str, Series]]] | None = field(default=None, repr=False)
 
     @property
@@ -438,6 +440,7 @@ def load_sweep(
     sweep_tag: str = names.TAG_SWEEP_ID,
     metrics: Sequence[str] = (names.TRAIN_LOSS, names.EVAL_LOSS),
     loader: str = "auto",
+    statuses: Sequence[str] | None = None,
 ) -> Sweep:
     """Load one sweep (``sweep_id`` or ``parent_run_id``), a whole ``experiment`` (name or id), or with none of
     them the latest sweep in the store.
@@ -446,13 +449,23 @@ def load_sweep(
     those of :data:`analysis.names.AXIS_TAGS` and ``axis.*`` tags present); the ones that vary name the variants
     (``pos=rope,norm=rms``), the others are reported as fixed. ``metrics`` are loaded now (those logged), others on
     demand. ``loader``: ``auto`` (SQL for a database store, else the client), ``sql`` or ``client``.
+    ``statuses``: keep only runs in these MLflow states (e.g. ``["FINISHED"]``; default: all, so a run that stopped
+    early lowers the shared budget: the report lists every run's FLOPs and status).
     """
     uri = resolve_tracking_uri(tracking_uri)
     _check_store_exists(uri)
     client = _client(uri)
     runs, exp_ids, parent, sweep, target = _find_runs(client, uri, experiment, sweep_id, parent_run_id, sweep_tag)
     parents = {r.data.tags.get(names.TAG_PARENT_RUN_ID) for r in runs}
-    runs = [r for r in runs if r.info.run_id not in parents and names.TRAIN_FLOPS in r.data.metrics]
+    runs = [r for r in runs if r.info.run_id not in parents]
+    if statuses:
+        allowed = {s.upper() for s in statuses}
+        unknown = sorted(allowed - set(STATUSES))
+        if unknown:
+            raise bad_value("status", unknown[0], STATUSES)
+        runs = [r for r in runs if r.info.status in allowed]
+    dropped = [r.info.run_id for r in runs if names.TRAIN_FLOPS not in r.data.metrics]
+    runs = [r for r in runs if names.TRAIN_FLOPS in r.data.metrics]
     if not runs:
         field_, value = (("parent_run", parent_run_id) if parent_run_id else ("sweep", sweep_id) if sweep_id
                          else ("experiment", experiment) if experiment else ("target", target))
@@ -466,4 +479,5 @@ def load_sweep(
     return Sweep(
         runs=frame, series=load(wanted), axes=varying, fixed_axes=fixed, available_metrics=available,
         tracking_uri=uri, experiment_ids=exp_ids, parent_run_id=parent, sweep_id=sweep, target=target, loader=load,
+        dropped=dropped,
     )

@@ -81,7 +81,17 @@ def store(tmp_path_factory):
         sweep_id="lr", artifact_location=art)
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(tracking_uri=uri).create_experiment("empty", artifact_location=art)
+    client = MlflowClient(tracking_uri=uri)
+    client.create_experiment("empty", artifact_location=art)
+    # a sweep with a run that failed early and one that failed before logging anything
+    out["st"] = log_sweep(uri, "status", [SynthRun(tags={"pos": p}, steps=s, eval_every=None, seed=k)
+                                          for p, s, k in (("rope", 50, 0), ("alibi", 50, 0), ("alibi", 10, 1))],
+                          sweep_id="st", artifact_location=art)
+    client.set_terminated(out["st"]["run_ids"][2], "FAILED")
+    empty_run = client.create_run(out["st"]["experiment_id"], tags={
+        names.TAG_SWEEP_ID: "st", "pos": "rope", names.TAG_PARENT_RUN_ID: out["st"]["parent_run_id"]})
+    client.set_terminated(empty_run.info.run_id, "FAILED")
+    out["st"]["empty_run"] = empty_run.info.run_id
     return out
 
 
@@ -111,7 +121,7 @@ def test_load_by_sweep_parent_experiment_and_latest(store):
     by_id = load_sweep(uri, experiment=store["fx"]["experiment_id"])
     assert set(by_id.runs.index) == set(by_exp.runs.index)
     latest = load_sweep(uri)  # the last sweep logged
-    assert latest.parent_run_id == store["lr"]["parent_run_id"]
+    assert latest.parent_run_id == store["st"]["parent_run_id"]
     assert {names.TRAIN_LOSS, names.TRAIN_FLOPS, names.EVAL_LOSS} <= set(by_sweep.available_metrics)
 
 
@@ -121,6 +131,19 @@ def test_seeds_and_explicit_axes(store):
     assert load_sweep(store["uri"], sweep_id="sd", axes=["pos"]).variants == sweep.variants
     with pytest.raises(AnalysisError, match=r"^axes='nope' is not a tag of these runs; allowed: .*'pos'"):
         load_sweep(store["uri"], sweep_id="sd", axes=["nope"])
+
+
+def test_runs_by_status_and_runs_without_flops(store):
+    every = load_sweep(store["uri"], sweep_id="st")
+    assert len(every.runs) == 3 and every.dropped == [store["st"]["empty_run"]]
+    comp = analyse(every, baseline="pos=rope")
+    assert comp.shared_budget == pytest.approx(10e12)  # the failed run stopped at step 10
+    assert any("no train/flops" in note for note in comp.notes)
+    finished = load_sweep(store["uri"], sweep_id="st", statuses=["finished"])
+    assert len(finished.runs) == 2 and finished.dropped == []
+    assert analyse(finished, baseline="pos=rope").shared_budget == pytest.approx(50e12)
+    with pytest.raises(AnalysisError, match=r"^status='DONE' is invalid; allowed: 'RUNNING', .*'FINISHED'"):
+        load_sweep(store["uri"], sweep_id="st", statuses=["done"])
 
 
 def test_swept_param_without_axis_tag_becomes_an_axis(store):
