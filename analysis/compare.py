@@ -43,7 +43,8 @@ class Comparison:
     ``p_value`` (Welch), ``p_holm``, ``significant``, ``verdict``, ``multiplier``, ``flag`` (see
     :func:`analysis.tables.compute_multipliers`), ``gap_to_best``.
     ``per_run``: index run id; ``variant``, ``seed`` and the loss at each budget (float columns).
-    ``loss_at_budgets``: mean over seeds at each budget. ``multipliers``: at each budget, plus ``flag@<budget>``.
+    ``loss_at_budgets``: mean over seeds at each budget. ``multipliers``: at each budget; ``multiplier_flags``: how each
+    was measured ("" directly, ``reverse``, or a bound ``>``/``<``; see :func:`analysis.tables.compute_multipliers`).
     ``variant_table``: axis values, ``mean``, ``sem2`` per variant (the input of the effects).
     """
 
@@ -56,6 +57,7 @@ class Comparison:
     per_run: pd.DataFrame
     loss_at_budgets: pd.DataFrame
     multipliers: pd.DataFrame
+    multiplier_flags: pd.DataFrame
     summary: pd.DataFrame
     variant_table: pd.DataFrame
     main_effects: pd.DataFrame
@@ -91,7 +93,8 @@ class Comparison:
             "curves": self.curves_frame(),
             "summary": self.summary,
             "loss_at_budgets": by_budget(self.loss_at_budgets),
-            "multipliers": by_budget(self.multipliers),
+            "multipliers": pd.concat([by_budget(self.multipliers),
+                                      by_budget(self.multiplier_flags).add_prefix("flag@")], axis=1),
             "main_effects": self.main_effects,
             "interactions": self.interactions,
             "runs": run_table,
@@ -146,11 +149,11 @@ def analyse(
 
     per_run = per_run_at(curves, runs, chosen)
     at_budgets = loss_at_budgets(per_run, chosen)
-    multipliers = compute_multipliers(curves, runs, at_budgets, base)
+    multipliers, flags = compute_multipliers(curves, runs, at_budgets, base)
     groups = {v: per_run.loc[per_run["variant"] == v, shared].to_numpy(dtype=float)
               for v in sorted(per_run["variant"].unique())}
     stats = seed_summary(groups, base, alpha)
-    summary = ranking(stats, multipliers[shared], multipliers[f"flag@{shared:.3g}"])
+    summary = ranking(stats, multipliers[shared], flags[shared])
 
     first = runs.groupby("variant").first()
     variant_table = first.loc[summary.index, all_axes].copy() if all_axes else pd.DataFrame(index=summary.index)
@@ -164,7 +167,8 @@ def analyse(
         notes.append("The grid is incomplete: main effects average only over the matched pairs that ran.")
     return Comparison(
         sweep=sweep, curves=curves, baseline=base, budgets=chosen, shared_budget=shared, alpha=alpha, per_run=per_run,
-        loss_at_budgets=at_budgets, multipliers=multipliers, summary=summary, variant_table=variant_table,
+        loss_at_budgets=at_budgets, multipliers=multipliers, multiplier_flags=flags, summary=summary,
+        variant_table=variant_table,
         main_effects=effects, marginal_means=marginals, interactions=inter,
         interaction_threshold=interaction_threshold, notes=notes,
     )

@@ -257,7 +257,7 @@ def build_doc(comp: Comparison, ui_url: str | None = None) -> Doc:
           "baseline's loss at that budget. '>' marks a lower bound, '<' an upper bound (neither curve reached the "
           "other's loss).")
     doc.table(Table(["variant"] + [fmt_flops(b) for b in comp.budgets],
-                    [[v] + [fmt_mult(comp.multipliers.loc[v, b], comp.multipliers.loc[v, f"flag@{b:.3g}"])
+                    [[v] + [fmt_mult(comp.multipliers.loc[v, b], comp.multiplier_flags.loc[v, b])
                             for b in comp.budgets] for v in order]))
     doc.figure("multipliers", f"Compute multiplier against {comp.baseline} at the shared budget.")
 

@@ -107,7 +107,8 @@ def flops_to_reach(flops: np.ndarray, loss: np.ndarray, target: float) -> tuple[
 REVERSE = "reverse"  # flag of a multiplier measured from the variant's side (see compute_multipliers)
 
 
-def compute_multipliers(curves: Curves, runs: pd.DataFrame, means: pd.DataFrame, baseline: str) -> pd.DataFrame:
+def compute_multipliers(curves: Curves, runs: pd.DataFrame, means: pd.DataFrame, baseline: str
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Compute multiplier of each variant against the baseline at each budget F: the FLOPs the baseline (mean over
     its seeds) needs to reach the variant's loss at F, divided by F. Above 1: the variant is more compute-efficient.
 
@@ -115,7 +116,7 @@ def compute_multipliers(curves: Curves, runs: pd.DataFrame, means: pd.DataFrame,
     from the variant's side instead: F divided by the FLOPs the variant needed to reach the baseline's loss at F
     (flag ``reverse``; both agree when the curves are parallel in log FLOPs, e.g. power laws with one exponent).
     When neither curve reaches the other's loss the value is a bound: flag ``">"`` (at least) or ``"<"`` (at most).
-    Columns: one per budget, plus ``flag@<budget>``.
+    Returns ``(multipliers, flags)``: index variant, one column per budget (those of ``means``).
     """
     def members(variant):
         return [r for r in runs.index[runs["variant"] == variant] if r in curves.raw]
@@ -144,9 +145,9 @@ def compute_multipliers(curves: Curves, runs: pd.DataFrame, means: pd.DataFrame,
             flag.append(censored)
         values[variant], flags[variant] = row, flag
     out = pd.DataFrame(values, index=list(means.columns)).T
-    out.index.name = "variant"
-    flag_frame = pd.DataFrame(flags, index=[f"flag@{b:.3g}" for b in means.columns]).T
-    return pd.concat([out, flag_frame], axis=1)
+    flag_frame = pd.DataFrame(flags, index=list(means.columns)).T
+    out.index.name = flag_frame.index.name = "variant"
+    return out, flag_frame
 
 
 def ranking(summary: pd.DataFrame, multipliers: pd.Series, flags: pd.Series) -> pd.DataFrame:

@@ -249,7 +249,7 @@ def test_compute_multipliers_are_the_analytic_ones(pl):
         expected = (B["rope"] / B[pos]) ** (1 / ALPHA)  # 1.44 for alibi, 0.694 for learned
         for budget in (3e13, 1.2e14, 2e14):
             assert m.loc[f"pos={pos}", budget] == pytest.approx(expected, rel=1e-3), (pos, budget)
-            assert m.loc[f"pos={pos}", f"flag@{budget:.3g}"] == ""  # rope ran long enough: measured directly
+            assert pl.multiplier_flags.loc[f"pos={pos}", budget] == ""  # rope ran long enough: measured directly
     # at 3e14 alibi has no loss; learned's loss is reached by rope at 0.694 * 3e14, inside rope's range
     assert math.isnan(m.loc["pos=alibi", 3e14])
     assert m.loc["pos=learned", 3e14] == pytest.approx((B["rope"] / B["learned"]) ** 2, rel=1e-3)
@@ -260,7 +260,7 @@ def test_multiplier_from_the_variants_side_when_the_baseline_stops_too_early(sto
     # multiplier is 2e14 / (the FLOPs alibi needed to reach learned's loss at 2e14), the same 2.07 for power laws
     comp = analyse(load_sweep(store["uri"], sweep_id="pl"), baseline="pos=learned", budgets=[2e14])
     assert comp.multipliers.loc["pos=alibi", 2e14] == pytest.approx((B["learned"] / B["alibi"]) ** 2, rel=1e-3)
-    assert comp.multipliers.loc["pos=alibi", "flag@2e+14"] == "reverse"
+    assert comp.multiplier_flags.loc["pos=alibi", 2e14] == "reverse"
     assert comp.summary.loc["pos=alibi", "flag"] == "reverse"
     assert comp.multipliers.loc["pos=rope", 2e14] == pytest.approx((B["learned"] / B["rope"]) ** 2, rel=1e-3)
 

@@ -131,9 +131,9 @@ class Trainer:
                     cb.on_step_end(self, metrics)
                 result.history.append(metrics)
                 step = self.state.step
-                if self._stop_reason is None and (
-                    (self.cfg.eval_interval and step % self.cfg.eval_interval == 0) or step == self.budget.steps
-                ):
+                due = (self.cfg.eval_interval and step % self.cfg.eval_interval == 0) or step == self.budget.steps
+                # A preempted run resumes after this step: an evaluation due here runs now or never.
+                if due and self._stop_reason in (None, "preempted"):
                     result.eval_history.append(self.evaluate())
             status = self._stop_reason or "completed"
         finally:
