@@ -80,7 +80,7 @@ class Doc:
     def p(self, text: str) -> None:
         self.blocks.append(("p", text))
 
-    def items(self, items: list[tuple[str, str]]) -> None:
+    def items(self, items: list[tuple[str, Cell]]) -> None:
         """Bullets of (bold lead, rest)."""
         self.blocks.append(("list", items))
 
@@ -111,9 +111,11 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;
 line-height:1.45;padding:0 1em}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em;
-text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
-td.text{text-align:left}figure{margin:1em 0}figure img{max-width:100%}figcaption{color:#555;font-size:.9em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;white-space:nowrap}
+th{background:#f4f4f4;white-space:normal}td:first-child,th:first-child{text-align:left}
+td.text{text-align:left;white-space:normal}
+figure{margin:1em 0}figure img{max-width:100%}figcaption{color:#555;font-size:.9em}
 a{color:#0b61a4}
 """
 
@@ -129,7 +131,7 @@ def render_html(doc: Doc, images: dict[str, str]) -> str:
         elif kind == "p":
             out.append(f"<p>{html.escape(block[1])}</p>")
         elif kind == "list":
-            out.append("<ul>" + "".join(f"<li>{f'<b>{html.escape(a)}</b> ' if a else ''}{html.escape(b)}</li>"
+            out.append("<ul>" + "".join(f"<li>{f'<b>{html.escape(a)}</b> ' if a else ''}{_html_cell(b)}</li>"
                                         for a, b in block[1]) + "</ul>")
         elif kind == "table":
             t: Table = block[1]
@@ -163,7 +165,7 @@ def render_markdown(doc: Doc, images: dict[str, str]) -> str:
         elif kind == "p":
             out += [block[1], ""]
         elif kind == "list":
-            out += [f"- **{a}** {b}" if a else f"- {b}" for a, b in block[1]] + [""]
+            out += [f"- **{a}** {_md_cell(b)}" if a else f"- {_md_cell(b)}" for a, b in block[1]] + [""]
         elif kind == "table":
             t: Table = block[1]
             out.append("| " + " | ".join(_md_escape(h) for h in t.headers) + " |")
@@ -186,7 +188,7 @@ def _run_links(comp: Comparison, variant: str, ui_url: str | None) -> list[Link]
     links = []
     for run_id in members:
         seed = runs.loc[run_id, "seed"]
-        label = f"seed {seed}" if seed is not None and not (isinstance(seed, float) and math.isnan(seed)) \
+        label = str(seed) if seed is not None and not (isinstance(seed, float) and math.isnan(seed)) \
             else str(runs.loc[run_id, "run_name"])
         links.append((label, run_url(ui_url, str(runs.loc[run_id, "experiment_id"]), str(run_id))))
     return links
@@ -208,7 +210,7 @@ def build_doc(comp: Comparison, ui_url: str | None = None) -> Doc:
     doc.items([
         ("Store:", sweep.tracking_uri),
         ("Experiment ids:", ", ".join(sweep.experiment_ids)),
-        ("Parent run:", f"{sweep.parent_run_id or '—'}" + (f" ({parent_link})" if parent_link else "")),
+        ("Parent run:", [(sweep.parent_run_id or "—", parent_link)]),
         ("Runs:", f"{len(comp.curves.raw)} in {len(summary)} variants, {_range(seeds)} seeds each"
          + (f" ({len(comp.curves.skipped)} skipped: too few points)" if comp.curves.skipped else "")),
         ("Axes compared:", ", ".join(sweep.axes) or "none (variants are run names)"),
@@ -227,14 +229,14 @@ def build_doc(comp: Comparison, ui_url: str | None = None) -> Doc:
     for variant, row in summary.iterrows():
         if variant == comp.baseline:
             continue
-        verdicts.append((f"{variant}:", f"loss {fmt_loss(row['mean'])} vs {fmt_loss(base['mean'])} "
-                         f"(Δ {fmt_delta(row['diff'], base['mean'])}), compute multiplier "
+        verdicts.append((f"{variant}:", f"loss {fmt_loss(row['mean'])} vs {fmt_loss(base['mean'])}, "
+                         f"Δ {fmt_delta(row['diff'], base['mean'])}, compute multiplier "
                          f"{fmt_mult(row['multiplier'], row['flag'])}; {row['verdict']}."))
     doc.items(verdicts or [("Only one variant:", "nothing to compare.")])
 
     doc.h2("Ranking")
     doc.table(Table(
-        ["rank", "variant", "runs", "seeds", "loss (mean)", "95% CI", "Δ vs baseline", "multiplier",
+        ["rank", "variant", "runs (by seed)", "seeds", "loss (mean)", "95% CI", "Δ vs baseline", "multiplier",
          "p (Welch)", "p (Holm)", "verdict"],
         [[str(row["rank"]), variant, _run_links(comp, variant, ui_url), str(row["n"]), fmt_loss(row["mean"]),
           f"{fmt_loss(row['ci_low'])} – {fmt_loss(row['ci_high'])}" if math.isfinite(row["ci_low"]) else "—",
