@@ -249,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--experiment", help="experiment name or id (all its runs; narrows --sweep)")
     target.add_argument("--sweep", dest="sweep_id", help=f"sweep id (tag {names.TAG_SWEEP_ID!r})")
     target.add_argument("--parent-run", dest="parent_run_id", help="run id of the sweep's parent run")
-    p.add_argument("--baseline", help="variant name (e.g. pos=rope,norm=rms), axis=value filter or run name "
-                                      "(default: first variant by name)")
+    p.add_argument("--baseline", help="variant name (e.g. pos=rope,norm=rms), axis=value filter, a bare axis value "
+                                      "(rope) or a run name/id (default: first variant by name)")
     p.add_argument("--metric", default=AUTO, help="auto (eval/loss where every run has it, else train/loss), or a "
                                                   "logged metric key")
     p.add_argument("--budgets", help="FLOP budgets for the tables, comma-separated (default: 5 log-spaced up to the "

@@ -21,9 +21,9 @@ def parse_filter(text: str) -> dict[str, str] | None:
 
 
 def resolve_baseline(runs: pd.DataFrame, baseline: str | None, axes: Sequence[str]) -> str:
-    """The baseline variant: a variant name, a run name or id (its variant), or an ``axis=value[,axis=value]`` filter
-    over ``axes`` (the axis columns of ``runs``) matching exactly one variant. None picks the first variant in sorted
-    order."""
+    """The baseline variant: a variant name, a run name or id (its variant), an ``axis=value[,axis=value]`` filter
+    over ``axes`` (the axis columns of ``runs``) or a bare value of one axis (``rope``), matching exactly one
+    variant. None picks the first variant in sorted order."""
     variants = sorted(runs["variant"].unique())
     if baseline is None:
         return variants[0]
@@ -37,8 +37,11 @@ def resolve_baseline(runs: pd.DataFrame, baseline: str | None, axes: Sequence[st
     allowed = f"a variant ({', '.join(map(repr, variants[:20]))}) or an axis=value filter"
     axis_columns = [a for a in axes if a in runs.columns]
     wanted = parse_filter(baseline)
-    if wanted is None:
-        raise bad_value("baseline", baseline, allowed, "is not in the sweep")
+    if wanted is None:  # a bare value ("rope") of exactly one axis
+        owners = [a for a in axis_columns if baseline in set(runs[a].astype(str))]
+        if len(owners) != 1:
+            raise bad_value("baseline", baseline, allowed, "is not in the sweep")
+        wanted = {owners[0]: baseline}
     for axis in wanted:
         if axis not in axis_columns:
             raise bad_value("baseline", baseline, f"filters over the axes {', '.join(axis_columns) or '(none)'}",

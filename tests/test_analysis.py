@@ -275,6 +275,14 @@ def test_flops_to_reach_bounds():
     assert flops_to_reach(f, np.array([3.0, 1.0, 2.0]), 1.5)[1] == ""  # the running minimum, not a later bump
 
 
+def test_baseline_by_name_filter_value_or_run(store):
+    sweep = load_sweep(store["uri"], sweep_id="fx")
+    run_id = sweep.runs.index[sweep.runs["variant"] == "pos=alibi,norm=rms"][0]
+    for spec in ("pos=alibi,norm=rms", "norm=rms, pos=alibi", run_id, sweep.runs.loc[run_id, "run_name"]):
+        assert analyse(sweep, baseline=spec).baseline == "pos=alibi,norm=rms", spec
+    assert analyse(load_sweep(store["uri"], sweep_id="pl"), baseline="learned").baseline == "pos=learned"
+
+
 def test_ranking(pl):
     s = pl.summary
     assert list(s.index) == ["pos=alibi", "pos=rope", "pos=learned"]
