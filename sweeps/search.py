@@ -665,8 +665,8 @@ class RetryTrial:
 
         history = [*trial.system_attrs.get(RETRY_HISTORY, []), trial.number]
         if len(history) > self.max_retry:
-            log.warning("trial %d failed (its worker died); not retried: %d retries already", trial.number,
-                        len(history) - 1)
+            log.warning("trial %d failed (%s); not retried: %d retries already", trial.number,
+                        trial.user_attrs.get("error") or "its worker died", len(history) - 1)
             return
         system_attrs = {**trial.system_attrs, RETRY_OF: trial.system_attrs.get(RETRY_OF, trial.number),
                         RETRY_HISTORY: history}
@@ -677,7 +677,8 @@ class RetryTrial:
             state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
             user_attrs=user_attrs, system_attrs=system_attrs,
         ))
-        log.warning("trial %d failed (its worker died): retried with the same parameters", trial.number)
+        log.warning("trial %d failed (%s): retried with the same parameters", trial.number,
+                    trial.user_attrs.get("error") or "its worker died")
 
 
 def _end_dead_run(study: Any, trial: Any) -> None:
@@ -722,12 +723,12 @@ def fail_stale(study: Any) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def make_sampler(spec: Search, worker_index: int) -> Any:
+def make_sampler(spec: Search, seed_offset: int) -> Any:
     import optuna
 
     options = {k: v for k, v in spec.sampler.items() if k != "name"}
     seed = options.pop("seed", spec.seed)
-    seed = None if seed is None else int(seed) + worker_index  # workers must not draw the same points
+    seed = None if seed is None else (int(seed) + seed_offset) % 2**32  # workers must not draw the same points
     name = spec.sampler["name"]
     if name == "tpe":
         options.setdefault("constant_liar", True)  # running trials count as bad: parallel workers spread out
@@ -770,8 +771,13 @@ def load_study(plan: Plan, worker_index: int = 0) -> Any:
     import optuna
 
     spec = plan.spec
-    return optuna.load_study(study_name=plan.study, storage=open_storage(plan.storage, spec),
-                             sampler=make_sampler(spec, worker_index), pruner=make_pruner(spec))
+    storage = open_storage(plan.storage, spec)
+    study = optuna.load_study(study_name=plan.study, storage=storage)
+    # The seed of a worker differs from the others' and from the workers of an earlier start of the study (which
+    # would otherwise draw the same random points again); one worker on a new study draws from `seed` itself.
+    seed_offset = worker_index + 7919 * len(study.get_trials(deepcopy=False))
+    return optuna.load_study(study_name=plan.study, storage=storage, sampler=make_sampler(spec, seed_offset),
+                             pruner=make_pruner(spec))
 
 
 @dataclass
@@ -782,12 +788,17 @@ class Progress:
     complete: int
     pruned: int
     failed: int
+    retried: int = 0  # failed trials that run again as another trial
 
     def pending(self, n_trials: int) -> int:
         return max(0, n_trials - self.slots) + self.waiting
 
     def done(self, n_trials: int) -> bool:
         return self.pending(n_trials) == 0 and self.running == 0
+
+    def describe(self) -> str:
+        retried = f" ({self.retried} retried)" if self.retried else ""
+        return f"{self.complete} complete, {self.pruned} pruned, {self.failed} failed{retried}"
 
 
 def progress(study: Any) -> Progress:
@@ -797,11 +808,14 @@ def progress(study: Any) -> Progress:
     count = {s: 0 for s in TrialState}
     for t in trials:
         count[t.state] += 1
+    retried = {n for t in trials for n in t.system_attrs.get(RETRY_HISTORY, [])}
     return Progress(
         slots=sum(1 for t in trials if RETRY_OF not in t.system_attrs), waiting=count[TrialState.WAITING],
         running=count[TrialState.RUNNING], complete=count[TrialState.COMPLETE], pruned=count[TrialState.PRUNED],
-        failed=count[TrialState.FAIL],
+        failed=count[TrialState.FAIL], retried=sum(1 for t in trials if t.state == TrialState.FAIL
+                                                   and t.number in retried),
     )
+
 
 
 # ======================================================================================================
@@ -978,6 +992,7 @@ def worker_main(plan_path: str, worker: str, worker_index: int = 0) -> dict[str,
     from olmo.distributed.env import broadcast_object, shutdown_distributed
 
     _setup_logging()
+    _Stop.requested = False
     plan = Plan.read(plan_path)
     env = init_distributed(None)
     ran = 0
@@ -1018,6 +1033,7 @@ def _request_stop(signum: int, frame: Any) -> None:
 
 def _after_trial(spec: Search) -> Any:
     def callback(study: Any, trial: Any) -> None:
+        log.info(trial_line(trial, spec))
         if trial.user_attrs.get("interrupted"):  # stopped by SIGTERM: run again later, from the start
             RetryTrial(spec.max_retry)(study, trial)
             _Stop.requested = True
@@ -1084,19 +1100,25 @@ class Objective:
             raise TrialFailed(error)
         # preempted (SIGTERM): the worker stops; the trial is retried by the callback above
         trial.set_user_attr("interrupted", True)
+        trial.set_user_attr("error", f"stopped ({status}): retried when the study goes on")
         run.set({"optuna.state": "FAIL", "optuna.interrupted": "true"})
         raise TrialFailed(f"trial stopped: {status}")
 
 
-class _RecordRunId(Callback):
-    """The trial learns its MLflow run id as training starts, so a driver can end the run if the worker dies."""
+class _TrialHooks(Callback):
+    """As training starts: the trial learns its MLflow run id (so a driver can end the run if the worker dies),
+    and a stop asked for (SIGTERM) before the trainer's own handler was installed is passed on to it, so the trial
+    stops after its first step instead of training to the end (the Checkpointer stops every rank at the same step).
+    """
 
-    name = "optuna_run_id"
+    name = "optuna_trial"
 
     def __init__(self, trial: Any) -> None:
         self.trial = trial
 
     def on_train_start(self, trainer: Any) -> None:
+        if _Stop.requested and signal.getsignal(signal.SIGTERM) is not _request_stop:
+            os.kill(os.getpid(), signal.SIGTERM)
         if self.trial is None:
             return
         for cb in trainer.callbacks:
@@ -1161,7 +1183,7 @@ def run_trial(plan: Plan, message: dict[str, Any], trial: Any) -> tuple[Any, Any
     )
     milestones = FlopMilestones(plan.budget_flops, **spec.milestones)
     pruning = OptunaPruning(trial, milestones, spec.metric)
-    outcome = run_tracked(composed.experiment, ctx, callbacks=[pruning, _RecordRunId(trial)])
+    outcome = run_tracked(composed.experiment, ctx, callbacks=[pruning, _TrialHooks(trial)])
     folder = composed.experiment.train.save_folder
     if not spec.keep_checkpoints and folder and trial is not None:  # a retry starts from scratch anyway
         shutil.rmtree(folder, ignore_errors=True)
@@ -1316,8 +1338,8 @@ def run_search(spec: Search) -> SearchResult:
     prepared = prepare(spec)
     plan, study = prepared.plan, prepared.study
     p = progress(study)
-    log.info("study %s (%s) in %s: %d of %d trials finished before this start; budget %.3g FLOPs; results in %s",
-             plan.study, "new" if prepared.new_study else "resumed", plan.storage, p.complete + p.pruned + p.failed,
+    log.info("study %s (%s) in %s: %s, %d waiting, %d running; %d trials wanted; budget %.3g FLOPs; results in %s",
+             plan.study, "new" if prepared.new_study else "resumed", plan.storage, p.describe(), p.waiting, p.running,
              spec.n_trials, plan.budget_flops, plan.study_dir)
     status = "finished"
     interrupted = False
@@ -1351,7 +1373,8 @@ def _drive(prepared: Prepared, interrupted: Any) -> str:
         SubmititLauncher(prepared, plan_path)
     workers: list[WorkerHandle] = []
     started = failures = 0
-    reported: set[int] = set()
+    reported = {t.number for t in study.get_trials(deepcopy=False)  # known before this start: not reported again
+                if t.state not in (TrialState.RUNNING, TrialState.WAITING)}
     heartbeats = not plan.storage.startswith("journal:")
     token = secrets.token_hex(3)  # worker names are unique across drivers of the same study
     try:
@@ -1421,15 +1444,23 @@ def _report_new(study: Any, reported: set[int], spec: Search) -> None:
         if t.number in reported or t.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
         reported.add(t.number)
-        params = " ".join(spec.param(k).override(v) for k, v in t.params.items() if k in {p.name for p in spec.space})
-        if t.state == TrialState.COMPLETE:
-            detail = f"{spec.metric}={t.value:.4f}"
-        elif t.state == TrialState.PRUNED:
-            m = t.user_attrs.get("pruned_at_milestone")
-            detail = f"at milestone {m} ({t.user_attrs.get('pruned_at_flops'):.3g} FLOPs)" if m else "non-finite loss"
-        else:
-            detail = str(t.user_attrs.get("error", ""))[:200]
-        log.info("trial %d %s %s  %s", t.number, t.state.name, detail, params)
+        log.info(trial_line(t, spec))
+
+
+def trial_line(t: Any, spec: Search) -> str:
+    """One finished trial, e.g. ``trial 3 PRUNED at milestone 7 (3.2e+12 FLOPs)  optim.lr=0.03``."""
+    from optuna.trial import TrialState
+
+    names = {p.name for p in spec.space}
+    params = " ".join(spec.param(k).override(v) for k, v in t.params.items() if k in names)
+    if t.state == TrialState.COMPLETE:
+        detail = f"{spec.metric}={t.value:.4f}"
+    elif t.state == TrialState.PRUNED:
+        m = t.user_attrs.get("pruned_at_milestone")
+        detail = f"at milestone {m} ({t.user_attrs.get('pruned_at_flops'):.3g} FLOPs)" if m else "non-finite loss"
+    else:
+        detail = str(t.user_attrs.get("error", ""))[:200]
+    return f"trial {t.number} {t.state.name} {detail}  {params}"
 
 
 def finish(prepared: Prepared, status: str) -> SearchResult:
@@ -1483,8 +1514,8 @@ def _end_parent(result: SearchResult, spec: Search) -> None:
 
 def summary(result: SearchResult, spec: Search) -> str:
     p = result.progress
-    lines = [f"study {result.study}: {p.complete} complete, {p.pruned} pruned, {p.failed} failed "
-             f"({p.slots} of {spec.n_trials} trials, retries not counted) -- {result.status}"]
+    lines = [f"study {result.study}: {p.describe()} ({p.slots} of {spec.n_trials} trials, retries not counted) "
+             f"-- {result.status}"]
     if result.best_trial is not None:
         lines.append(f"best: trial {result.best_trial}, {spec.metric}={result.best_value:.4f}: "
                      + " ".join(f"{k}={format_value(v)}" for k, v in (result.best_params or {}).items()))

@@ -199,6 +199,7 @@ def test_study_name_follows_the_question_not_the_execution(tmp_path):
     assert g.n_trials == 4  # the whole grid once
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::optuna.exceptions.ExperimentalWarning")
 def test_a_dead_workers_trial_is_retried_through_heartbeats(tmp_path):
     spec = S.build_search({"space": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2}},
                            "heartbeat_interval": 1, "grace_period": 2}, "hb", "hb.yaml")
@@ -283,20 +284,22 @@ def test_a_study_on_two_workers_prunes_the_bad_region_and_resumes(tmp_path, resu
     assert config_hash(composed.experiment) == c.get_run(best["mlflow_run_id"]).data.tags["config_hash"]
     assert "reproduce: python run.py" in proc.stdout
 
-    # The same command again with more trials continues the same study and parent run, here as a submitit job.
-    proc = run_cli([*common, "n_trials=10", "workers=1", "launcher=submitit_local"], cwd=tmp_path)
+    # The same command again with more trials continues the same study and parent run, here as one submitit job
+    # whose trials run on 2 ranks (rank 0 asks Optuna and broadcasts the trial and each pruning decision).
+    proc = run_cli([*common, "n_trials=10", "workers=1", "launcher=submitit_local", "ranks=2"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert f"study {plan.study}" in proc.stdout
     trials = trials_of(plan.storage, plan.study)
     assert len(trials) == 10 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     _, children = mlflow_children(results, plan.parent_run_id)
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(10))
+    assert {r.data.tags["world_size"] for r in children if int(r.data.tags["optuna.trial"]) >= 8} == {"2"}
     print(f"first run {first_run:.0f}s")
 
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_gets_its_trial_retried(tmp_path, results, data_cache):
-    path = write_search(tmp_path, "kill", n_trials=2, base=[*TINY, "train.max_steps=60", "train.eval_interval=10"],
+    path = write_search(tmp_path, "kill", n_trials=1, base=[*TINY, "train.max_steps=40", "train.eval_interval=10"],
                         sampler={"name": "random", "seed": 3})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "sweeps.search", f"search={path}", f"results_dir={results}",
@@ -326,8 +329,8 @@ def test_a_worker_killed_mid_trial_gets_its_trial_retried(tmp_path, results, dat
     assert killed.state.name == "FAIL" and "died" in killed.user_attrs["error"]
     retries = [t for t in trials if t.system_attrs.get(S.RETRY_OF) == victim.number]
     assert len(retries) == 1 and retries[0].params == victim.params and retries[0].state.name == "COMPLETE"
-    assert sum(t.state.name == "COMPLETE" for t in trials) == 2 and len(trials) == 3
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     c, children = mlflow_children(results, plan.parent_run_id)
     status = {int(r.data.tags["optuna.trial"]): r.info.status for r in children}
     assert status[victim.number] == "FAILED" and status[retries[0].number] == "FINISHED"
-    assert S.progress(optuna.load_study(study_name=plan.study, storage=plan.storage)).slots == 2
+    assert "1 complete, 0 pruned, 1 failed (1 retried)" in out
