@@ -16,7 +16,12 @@ nor for NoPE, but a model with learned absolute positions (``positional='learned
 slightly differently from the same prompt alone; batch only equal-length prompts with such models.
 
 Unlike the original, the model is put in eval mode for the call (and restored after): dropout never perturbs a
-generation.
+generation; and there is no ``attention_bias`` argument (the original's only use of it is a precomputed
+(B, 1, S, S) bias, which ``attention_mask`` covers for padding).
+
+Decoding runs the lean single-token step of ``olmo.generate.decoder`` (a preallocated KV cache, no module calls)
+when the model is within its scope, and ``OLMo.forward`` with ``past_key_values`` otherwise; both give the same
+tokens and scores (tests/test_generate.py).
 """
 
 from __future__ import annotations
