@@ -881,9 +881,10 @@ def _launcher_config(spec: Search) -> dict[str, Any] | None:
         raise SearchConfigError(f"launcher={spec.launcher!r} is invalid; allowed: local, inline or a submitit "
                                 f"hydra/launcher option (submitit_local, submitit_slurm, ...), not {target}")
     out: dict[str, Any] = {"_target_": target}
+    named = any(o.lstrip("+").startswith("hydra.launcher.name=") for o in spec.launcher_overrides)
     for key in node:
-        if key in ("_target_", "submitit_folder", "name"):
-            continue  # the study folder and name decide these
+        if key in ("_target_", "submitit_folder") or (key == "name" and not named):
+            continue  # the study folder decides where; the job name is search-<study> unless given
         try:
             value = node[key]
             out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
@@ -1279,14 +1280,16 @@ class SubmititLauncher:
         folder = Path(prepared.plan.study_dir) / "submitit" / "%j"
         init = {f"{cluster}_max_num_timeout": cfg.pop("max_num_timeout")} if "max_num_timeout" in cfg else {}
         self.executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster, **init)
-        base_keys = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes",
+        # As hydra-submitit-launcher maps its config: shared keys as they are, the others prefixed by the cluster.
+        base_keys = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name",
                      "stderr_to_stdout"}
         params = {k if k in base_keys else f"{cluster}_{k}": v for k, v in cfg.items() if v is not None}
         if cluster == "slurm":
             setup = list(params.get("slurm_setup") or [])
             params["slurm_setup"] = [f"export PYTHONPATH={shlex.quote(str(ROOT))}:${{PYTHONPATH:-}}", *setup]
         params.pop("local_additional_parameters", None)
-        self.executor.update_parameters(name=f"search-{prepared.plan.study}", **params)
+        params.setdefault("name", f"search-{prepared.plan.study}")
+        self.executor.update_parameters(**params)
         self.plan_path = plan_path
         os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
