@@ -15,6 +15,7 @@ from olmo.config.train import OptimConfig, SchedulerConfig, TrainConfig
 from olmo.distributed.env import DistEnv, all_reduce_sum
 from olmo.train.budget import Budget
 from olmo.train.callbacks import Callback
+from olmo.train.host_memory import keep_freed_host_memory
 from olmo.train.loss import next_token_loss
 from olmo.train.schedule import lr_at
 
@@ -118,6 +119,8 @@ class Trainer:
     # ----- the loop ------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         result = TrainResult(status="running", state=self.state)
+        if self.env.device.type == "cpu":  # large activations stay mapped between steps (olmo.train.host_memory)
+            keep_freed_host_memory()
         self.model.train()
         for cb in self.callbacks:
             cb.on_train_start(self)
