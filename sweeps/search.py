@@ -122,10 +122,11 @@ class Param:
     def grid_values(self) -> list[Any]:
         if self.type == "categorical":
             return list(self.choices or [])
-        if self.step is None:
+        step = self.step or (1 if self.type == "int" else None)
+        if step is None:
             raise bad_value(f"space.{self.name}.step", None, "a step (sampler=grid enumerates the values)")
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-        values = [self.low + i * self.step for i in range(n)]
+        n = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+        values = [self.low + i * step for i in range(n)]
         return [int(v) for v in values] if self.type == "int" else [float(repr(round(v, 12))) for v in values]
 
     def probe_values(self) -> list[Any]:
@@ -333,6 +334,8 @@ def build_search(raw: dict[str, Any], name: str, path: str, overrides: Sequence[
     for key in SEARCH_FIELDS - {"sampler", "pruner", "milestones"}:
         if key in raw:
             setattr(s, key, raw[key])
+    if isinstance(s.study, (int, float)) and not isinstance(s.study, bool):
+        s.study = str(s.study)  # study=2024 on the command line is a name
     _check_settings(s)
     s.enqueue = _parse_enqueue(raw.get("enqueue") or [], s)
     if s.grid:
@@ -932,8 +935,8 @@ def prepare(spec: Search, dry_run: bool = False) -> Prepared:
         study.set_user_attr("overrides", reproduce_overrides(spec, {}))
         study.set_user_attr("metric", spec.metric)
         study.set_user_attr("budget_flops", flops)
-        for params in spec.enqueue:
-            study.enqueue_trial(params, skip_if_exists=True)
+    for params in spec.enqueue:  # baselines added to the file later are enqueued when the study resumes
+        study.enqueue_trial(params, skip_if_exists=True)
     if spec.reset_running:
         from optuna.trial import TrialState
 
@@ -1236,8 +1239,8 @@ class LocalLauncher:
             return None
         return code == 0, f"exit code {code}" + (f" (signal {-code})" if code < 0 else "")
 
-    def pid(self, w: WorkerHandle) -> int:
-        return w.handle.pid
+    def log_path(self, w: WorkerHandle) -> Path:
+        return self.logs / f"{w.name}.log"
 
     def stop(self, workers: list[WorkerHandle], timeout: float = 60.0) -> None:
         for w in workers:
@@ -1309,8 +1312,8 @@ class SubmititLauncher:
         ok = all(isinstance(r, dict) and r.get("status") in ("ok", "interrupted") for r in results)
         return ok, f"job {job.job_id} {job.state}"
 
-    def pid(self, w: WorkerHandle) -> int | None:
-        return None
+    def log_path(self, w: WorkerHandle) -> Path:
+        return Path(w.handle.paths.stdout)
 
     def stop(self, workers: list[WorkerHandle], timeout: float = 60.0) -> None:
         for w in workers:
@@ -1350,6 +1353,8 @@ def run_search(spec: Search) -> SearchResult:
 
     def on_signal(signum: int, frame: Any) -> None:
         nonlocal interrupted
+        if interrupted:  # a second Ctrl-C: stop waiting for the workers
+            raise KeyboardInterrupt
         interrupted = True
 
     if spec.launcher == "inline":
@@ -1395,7 +1400,7 @@ def _drive(prepared: Prepared, interrupted: Any) -> str:
                 ok, what = result
                 if not ok:
                     failures += 1
-                    log.warning("worker %s died (%s); see %s", w.name, what, _worker_log(plan, w))
+                    log.warning("worker %s died (%s); see %s", w.name, what, launcher.log_path(w))
                 _retry_orphans(study, spec, {w.name}, f"worker {w.name} died ({what})")
             if heartbeats:
                 fail_stale(study)
@@ -1414,21 +1419,14 @@ def _drive(prepared: Prepared, interrupted: Any) -> str:
                     name = f"w{started}-{token}"
                     workers.append(launcher.start(name, started))
                     started += 1
-            if not workers and p.running:  # trials of workers that are gone (another driver's, or undetected)
-                running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                if not heartbeats:
-                    for t in running:
-                        fail_and_retry(study, t._trial_id, spec.max_retry, "no worker is running it")
+            if not workers and p.running and not heartbeats:  # gone workers' trials (with heartbeats: stale later)
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    fail_and_retry(study, t._trial_id, spec.max_retry, "no worker is running it")
             time.sleep(spec.poll_seconds)
     finally:
         _report_new(study, reported, spec)
         if interrupted():
             launcher.stop(workers, timeout=5.0)
-
-
-def _worker_log(plan: Plan, w: WorkerHandle) -> Path:
-    return Path(plan.study_dir) / ("workers" if isinstance(w.handle, subprocess.Popen) else "submitit") / \
-        (f"{w.name}.log" if isinstance(w.handle, subprocess.Popen) else "")
 
 
 def _retry_orphans(study: Any, spec: Search, names: set[str], reason: str) -> None:
@@ -1576,6 +1574,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OLMoConfigurationError as e:
         print(f"Error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    except KeyboardInterrupt:
+        print("interrupted: the study resumes when this command runs again", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(summary(result, spec), flush=True)
     return {"finished": 0, "interrupted": EXIT_INTERRUPTED}.get(result.status, EXIT_FAILED)
 

@@ -210,7 +210,7 @@ def test_a_dead_workers_trial_is_retried_through_heartbeats(tmp_path):
     trial.set_user_attr("worker", "w0-dead")
     trial.set_user_attr("note", "kept")
     study._storage.record_heartbeat(trial._trial_id)
-    time.sleep(2.5)  # the worker died: no heartbeat for longer than the grace period
+    time.sleep(3.5)  # the worker died: no heartbeat for longer than the grace period (sqlite counts in seconds)
     worker_study = optuna.load_study(study_name="hb", storage=S.open_storage(url, spec))
     S.fail_stale(worker_study)
     trials = worker_study.get_trials(deepcopy=False)
