@@ -1,0 +1,115 @@
+"""What each ablation costs: tokens/s and MFU of one training step for every value of every axis.
+
+One axis changes at a time from the base (the tiny preset in HF Olmo's architecture: MHA, SDPA, RoPE,
+non-affine LayerNorm, SwiGLU, fused-QKV sequential block, no biases, untied head). Every variant is a case in
+its own process, timed interleaved with the base, so "× base" is the price of the ablation on this machine.
+FLOPs per token (olmo.nn.flops) change with some axes (GQA/MQA narrow the K/V projections; GELU/ReLU keep the
+full MLP width, SwiGLU halves it); MFU divides by each variant's own FLOPs. The init axis (init_fn) changes only
+the starting weights, not the step, and is not timed; flash_attn needs a CUDA GPU.
+
+    python benchmarks/bench_axes.py                 # fp32 eager, ~5 min on 2 cores
+    python benchmarks/bench_axes.py --precision bf16
+    python benchmarks/bench_axes.py --quick         # smoke test
+"""
+
+from __future__ import annotations
+
+import time
+
+from common import (
+    QUICK,
+    TINY,
+    Case,
+    flops_per_step,
+    log,
+    markdown_table,
+    matmul_case,
+    our_config,
+    parse_args,
+    report,
+    run_cases,
+)
+
+MAIN_AXES = ("base", "attention", "attention_backend", "positional", "layer_norm_type", "activation_type", "block_type")
+
+
+def variants(shape) -> list[tuple[str, str, dict]]:
+    """(axis, value, ModelConfig overrides); the first is the base."""
+    h = shape.n_heads
+    return [
+        ("base", "mha, sdpa, rope, default norm, swiglu, sequential", {}),
+        ("attention", f"gqa (n_kv_heads={h // 2})", {"n_kv_heads": h // 2}),
+        ("attention", "mqa (n_kv_heads=1)", {"n_kv_heads": 1}),
+        ("attention_backend", "eager", {"attention_backend": "eager"}),
+        ("positional", "alibi", {"positional": "alibi"}),
+        ("positional", "learned", {"positional": "learned"}),
+        ("positional", "none", {"positional": "none"}),
+        ("layer_norm_type", "rms", {"layer_norm_type": "rms"}),
+        ("layer_norm_type", "low_precision", {"layer_norm_type": "low_precision"}),
+        ("layer_norm_with_affine", "True", {"layer_norm_with_affine": True}),
+        ("activation_type", "gelu", {"activation_type": "gelu"}),
+        ("activation_type", "relu", {"activation_type": "relu"}),
+        ("block_type", "llama", {"block_type": "llama"}),
+        ("block_type", "parallel", {"block_type": "parallel"}),
+        ("attention_layer_norm", "True (QK-norm)", {"attention_layer_norm": True}),
+        ("clip_qkv", "8.0", {"clip_qkv": 8.0}),
+        ("norm_after", "True (OLMo-2 order)", {"norm_after": True}),
+        ("include_bias", "True", {"include_bias": True}),
+        ("weight_tying", "True", {"weight_tying": True}),
+    ]
+
+
+def add_args(parser) -> None:
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--compile", action="store_true", help="compile each block (a cold compile per variant)")
+    parser.add_argument("--axes", default=None, help="comma list of axes to time (default: all)")
+
+
+def main() -> None:
+    args = parse_args(__doc__.split("\n")[0], add_args, default_repeats=(5, 3))
+    started = time.perf_counter()
+    shape = QUICK if args.quick else TINY
+    chosen = variants(shape)
+    if args.quick:  # one variant of each main axis
+        seen: set[str] = set()
+        chosen = [v for v in chosen if v[0] in MAIN_AXES and not (v[0] in seen or seen.add(v[0]))]
+    if args.axes:
+        keep = set(args.axes.split(","))
+        chosen = [v for v in chosen if v[0] == "base" or v[0] in keep]
+    compiled = args.compile and not args.quick
+    mode = f"{args.precision}-{'compile' if compiled else 'eager'}"
+    sizes = (256,) if args.quick else (1024, 2048)
+    cases = [matmul_case(f"peak {args.precision} {n}", args.precision, n) for n in sizes]
+    for axis, value, overrides in chosen:
+        cfg = our_config(shape, **overrides)
+        cases.append(Case(f"{axis}={value}", config=cfg, shape=shape, precision=args.precision, compile=compiled,
+                          warmup=2 if compiled else 1, flops=flops_per_step(cfg, shape), threads=args.threads))
+    for c in cases:
+        c.threads = args.threads
+    log(f"{len(cases)} cases ({mode}), {args.repeats} rounds")
+    timings = run_cases(cases, args.repeats)
+    peak = max(t.flops_per_second for t in timings.values() if t.case.kind == "matmul")
+    base = timings[cases[len(cases) - len(chosen)].name]
+    base_flops_per_token = base.case.flops / shape.tokens
+
+    rows, results = [], {"peak_flops_per_second": peak, "mode": mode, "variants": {}}
+    for (axis, value, _), case in zip(chosen, cases[len(cases) - len(chosen):], strict=True):
+        t = timings[case.name]
+        r = {"axis": axis, "value": value, "step_seconds": t.median, "spread": t.spread,
+             "tokens_per_second": t.tokens_per_second, "mfu": t.flops_per_second / peak,
+             "vs_base_tokens_per_second": base.median / t.median,
+             "flops_per_token": case.flops / shape.tokens}
+        results["variants"][case.name] = r
+        rows.append([axis, value, f"{t.median * 1000:.0f} ±{t.spread * 100:.0f}%", t.tokens_per_second,
+                     r["vs_base_tokens_per_second"], r["flops_per_token"] / base_flops_per_token, r["mfu"]])
+    body = (
+        f"Shape: {shape.label()}; {mode}; peak {peak / 1e9:.1f} GFLOP/s ({args.precision}, same run).\n\n"
+        + markdown_table(["axis", "value", "step ms (median ±IQR/2)", "tokens/s", "× base tokens/s",
+                          "× base FLOPs/token", "MFU"], rows)
+        + "\n\nNot timed: init_fn (only the starting weights differ), attention_backend=flash_attn (CUDA only)."
+    )
+    report(args, f"bench_axes: the cost of each ablation ({mode})", body, results, started)
+
+
+if __name__ == "__main__":
+    main()
