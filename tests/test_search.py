@@ -222,6 +222,36 @@ def test_a_dead_workers_trial_is_retried_through_heartbeats(tmp_path):
     assert S.progress(worker_study).slots == 1 and S.progress(worker_study).pending(1) == 1
 
 
+def test_list_and_dry_run(tmp_path, capsys):
+    assert S.main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("lr_warmup", "lr_width", "optimizer"))
+    for name in S.available_searches():  # every shipped search composes and validates
+        assert S.main([f"search={name}", "--dry-run", f"results_dir={tmp_path}"]) == 0
+        plan = yaml.safe_load(capsys.readouterr().out)
+        assert plan["study"].startswith(f"{name}-") and plan["budget_flops"] > 0
+    assert not any(tmp_path.iterdir())  # a dry run creates nothing
+
+
+def test_an_inline_grid_study_on_a_journal_file_without_mlflow(tmp_path, data_cache, one_torch_thread):
+    path = write_search(tmp_path, "grid", space={"optim.lr": [3e-3, 1e-2], "train.seed": {"type": "int", "low": 0,
+                                                                                          "high": 1}},
+                        sampler="grid", pruner="hyperband", n_trials=3)
+    results = tmp_path / "results"
+    spec = S.load_search(str(path), ["launcher=inline", "storage=journal:" + str(results / "study.journal"),
+                                     "tracking.enabled=false", f"data.cache_dir={data_cache}",
+                                     f"results_dir={results}"])
+    assert spec.n_trials == 3  # at most the grid's 4 points
+    result = S.run_search(spec)
+    assert result.status == "finished" and result.parent_run_id is None
+    trials = optuna.load_study(study_name=result.study, storage=S.open_storage(result.storage, spec)).trials
+    assert len(trials) == 3 and len({tuple(t.params.values()) for t in trials}) == 3  # distinct grid points
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials) and result.progress.complete >= 1
+    assert not (results / "mlflow.db").exists()
+    best = yaml.safe_load((Path(result.study_dir) / S.BEST_FILE).read_text())
+    assert best["params"] == result.best_params and best["value"] == result.best_value
+
+
 # ----- real studies ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
