@@ -198,10 +198,11 @@ class Search:
         return next(p for p in self.space if p.name == name)
 
     def question_hash(self) -> str:
-        """What the search asks (space, objective, fixed overrides): same command, same study."""
+        """What the search asks (space, objective, fixed overrides, milestones): same command, same study."""
         kept = [o for o in [*self.base, *self.overrides] if not o.lstrip("+~").startswith(NOT_IN_STUDY_HASH)]
         blob = json.dumps({"space": [dataclasses.asdict(p) for p in self.space], "overrides": kept,
-                           "metric": self.metric, "direction": self.direction, "flops": self.flops},
+                           "metric": self.metric, "direction": self.direction, "flops": self.flops,
+                           "milestones": self.milestones},  # reports at other milestones do not compare
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
@@ -839,9 +840,15 @@ def validate(spec: Search) -> tuple[list[str], list[str], float, Any, dict[str, 
     Returns (fixed overrides, run-dir overrides, the FLOP budget, the base's Composed, the launcher config).
     """
     fixed = [*INTERNAL_OVERRIDES, *spec.base, *spec.trial_overrides, *_budget_overrides(spec)]
+    launcher_cfg = _launcher_config(spec)
+    if launcher_cfg is not None and spec.ranks > 1:
+        launcher_cfg["tasks_per_node"] = spec.ranks
+    world_size = spec.ranks
+    if launcher_cfg is not None:  # a submitit job: every task is one rank of the trial
+        world_size = int(launcher_cfg.get("tasks_per_node") or 1) * int(launcher_cfg.get("nodes") or 1)
     with hydra_context() as loader:
         try:
-            base = to_experiment(compose(fixed), spec.ranks)
+            base = to_experiment(compose(fixed), world_size)
         except Exception as e:  # noqa: BLE001  (every composition error, one line)
             raise SearchConfigError(f"search {spec.name}: the base config: {compose_error(e)}") from None
         for p in spec.space:
@@ -850,20 +857,20 @@ def validate(spec: Search) -> tuple[list[str], list[str], float, Any, dict[str, 
                 raise SearchConfigError(f"search {spec.name}: space.{p.name} is a config group: its values are "
                                         f"option names ({', '.join(loader.get_group_options(p.name))})")
             for value in p.probe_values():
-                _probe(spec, fixed, [p.override(value)], f"space.{p.name}={format_value(value)}")
+                _probe(fixed, [p.override(value)], f"{spec.name}: space.{p.name}={format_value(value)}", world_size)
         for i, trial in enumerate(spec.enqueue):
-            _probe(spec, fixed, [spec.param(k).override(v) for k, v in trial.items()], f"enqueue[{i}]")
-    launcher_cfg = _launcher_config(spec)
+            _probe(fixed, [spec.param(k).override(v) for k, v in trial.items()], f"{spec.name}: enqueue[{i}]",
+                   world_size)
     results = Path(base.results_dir).resolve()
     return fixed, [f"results_dir={format_value(str(results))}"], spec.flops or budget_flops(base.experiment), base, \
         launcher_cfg
 
 
-def _probe(spec: Search, fixed: list[str], extra: list[str], what: str) -> None:
+def _probe(fixed: list[str], extra: list[str], what: str, world_size: int) -> None:
     try:
-        to_experiment(compose([*fixed, *extra]), spec.ranks)
+        to_experiment(compose([*fixed, *extra]), world_size)
     except Exception as e:  # noqa: BLE001
-        raise SearchConfigError(f"search {spec.name}: {what}: {compose_error(e)}") from None
+        raise SearchConfigError(f"search {what}: {compose_error(e)}") from None
 
 
 def _launcher_config(spec: Search) -> dict[str, Any] | None:
@@ -904,8 +911,6 @@ def prepare(spec: Search, dry_run: bool = False) -> Prepared:
     FlopMilestones(flops, **spec.milestones)  # a bad grid fails here, and bad sampler or pruner options:
     make_sampler(spec, 0)
     make_pruner(spec)
-    if launcher_cfg is not None and spec.ranks > 1:
-        launcher_cfg["tasks_per_node"] = spec.ranks
     results = Path(base.results_dir).resolve()
     study_name = spec.study_name
     study_dir = results / SEARCHES_SUBDIR / _safe(study_name)
