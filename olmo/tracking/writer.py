@@ -1,8 +1,10 @@
 """Metrics are written by a background thread, so logging never waits on the store.
 
-The training loop only appends to a list (microseconds); the thread sends everything pending in one
-``log_batch`` (up to MLflow's 1000 metrics per call) and retries when the store is busy (sqlite "database is
-locked" with many jobs on one file, a tracking server restarting), so no metric is lost.
+The training loop only appends to a list (microseconds); the thread sends what is pending in one ``log_batch``
+at most every ``min_interval_seconds`` (or as soon as MLflow's 1000 metrics per call are pending, or on flush):
+each call costs milliseconds of CPU and holds the GIL for part of it, so writing once per step would slow short
+steps down. It retries when the store is busy (sqlite "database is locked" with many jobs on one file, a
+tracking server restarting), so no metric is lost.
 """
 
 from __future__ import annotations
@@ -19,9 +21,17 @@ MAX_METRICS_PER_BATCH = 1000
 
 
 class MetricWriter:
-    def __init__(self, client: Any, run_id: str, max_attempts: int = 12, max_backoff_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        client: Any,
+        run_id: str,
+        min_interval_seconds: float = 1.0,
+        max_attempts: int = 12,
+        max_backoff_seconds: float = 5.0,
+    ) -> None:
         self.client = client
         self.run_id = run_id
+        self.min_interval = min_interval_seconds
         self.max_attempts = max_attempts
         self.max_backoff = max_backoff_seconds
         self.errors: list[str] = []  # batches given up on (after max_attempts)
@@ -31,6 +41,8 @@ class MetricWriter:
         self._submitted = 0
         self._done = 0
         self._closed = False
+        self._flushing = 0  # flush() callers waiting: write now
+        self._last_write = time.monotonic()
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name=f"mlflow-writer-{run_id[:8]}", daemon=True)
         self._thread.start()
@@ -46,18 +58,24 @@ class MetricWriter:
                 raise RuntimeError("MetricWriter is closed")
             self._pending.extend(items)
             self._submitted += len(items)
-            self._cond.notify()
+            if len(self._pending) >= MAX_METRICS_PER_BATCH:  # else the writer wakes on its own (no GIL ping-pong)
+                self._cond.notify()
 
     def flush(self, timeout: float | None = 120.0) -> bool:
-        """Wait until every queued metric is written (or given up on); False on timeout."""
+        """Write every queued metric now and wait until done (or given up on); False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._submitted
-            while self._done < target:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._done < target:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+            finally:
+                self._flushing -= 1
         return True
 
     def close(self, timeout: float | None = 120.0) -> bool:
@@ -71,14 +89,20 @@ class MetricWriter:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                if not self._pending and self._closed:
-                    return
+                while True:
+                    since = time.monotonic() - self._last_write
+                    if self._pending and (self._closed or self._flushing or since >= self.min_interval
+                                          or len(self._pending) >= MAX_METRICS_PER_BATCH):
+                        break
+                    if self._closed and not self._pending:
+                        return
+                    # Poll at the write interval: log() does not wake this thread for every step.
+                    self._cond.wait(max(0.01, self.min_interval - since) if self._pending else self.min_interval)
                 batch = self._pending[:MAX_METRICS_PER_BATCH]
                 del self._pending[:MAX_METRICS_PER_BATCH]
             self._write(batch)
             with self._cond:
+                self._last_write = time.monotonic()
                 self._done += len(batch)
                 self._cond.notify_all()
 
