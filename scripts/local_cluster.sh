@@ -5,7 +5,7 @@
 #
 #   bash scripts/local_cluster.sh start    install what is missing, start what is not running, print the env
 #   bash scripts/local_cluster.sh env      print the environment to use it:  eval "$(bash scripts/local_cluster.sh env)"
-#   bash scripts/local_cluster.sh status   what runs (exit 0 only when everything answers)
+#   bash scripts/local_cluster.sh status   what runs (exit 0: everything answers, 3: nothing runs, 1: some of it)
 #   bash scripts/local_cluster.sh stop     stop exactly what `start` started (the PIDs recorded in the state folder)
 #
 # Everything lives in one state folder, $OLMO_CLUSTER_DIR (default /tmp/olmo-cluster): the munge key and
@@ -280,9 +280,9 @@ print_env() {
     cat "$STATE/env"
 }
 
-status() {
-    local ok=0
-    if [ -s "$MUNGE_DIR/munged.pid" ] && pid_alive "$MUNGE_DIR/munged.pid" && munge_ok >/dev/null 2>&1; then
+status() {  # exit 0: everything answers; 3: nothing of it runs; 1: some of it runs
+    local ok=0 f
+    if pid_alive "$MUNGE_DIR/munged.pid" && munge_ok >/dev/null 2>&1; then
         echo "munged     running (pid $(cat "$MUNGE_DIR/munged.pid"))"
     else echo "munged     not running"; ok=1; fi
     if pid_alive "$SLURM_DIR/slurmctld.pid" && pid_alive "$SLURM_DIR/slurmd.pid" && slurm_ok; then
@@ -294,7 +294,12 @@ status() {
     if pid_alive "$MLFLOW_DIR/mlflow.pid" && mlflow_ok; then
         echo "mlflow     running on $MLFLOW_URL"
     elif mlflow_bin >/dev/null 2>&1; then echo "mlflow     not running"; ok=1; fi
-    return $ok
+    [ $ok = 0 ] && return 0
+    for f in "$MUNGE_DIR/munged.pid" "$SLURM_DIR/slurmctld.pid" "$SLURM_DIR/slurmd.pid" \
+        "$PG_DIR/data/postmaster.pid" "$MLFLOW_DIR/mlflow.pid"; do
+        pid_alive "$f" && return 1
+    done
+    return 3
 }
 
 stop_pidfile() {  # stop_pidfile NAME FILE: SIGTERM, then SIGKILL after 15 s

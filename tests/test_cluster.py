@@ -26,6 +26,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -282,20 +283,28 @@ def held(pids: list[int]) -> Iterator[None]:
 
 
 def training_job(cluster: Cluster, sweep: Sweep, min_step: int) -> tuple[Any, str, list[int]]:
-    """Wait until the sweep's (only) job logged ``min_step`` train steps; its MLflow run, SLURM job id, task PIDs."""
+    """Wait until the sweep's (only) job logged ``min_step`` train steps; its MLflow run, SLURM job id, task PIDs.
 
-    def ready() -> tuple[Any, str, list[int]] | None:
-        runs = [r for r in job_runs(cluster, sweep.experiment) if r.info.status == "RUNNING"]
-        if not runs or "slurm_raw_job_id" not in runs[-1].data.tags:
-            return None
-        run = runs[-1]
-        if len(history(cluster, run.info.run_id)) < min_step:
-            return None
-        job_id = run.data.tags["slurm_raw_job_id"]
-        pids = task_pids(job_id)
-        return (run, job_id, pids) if pids else None
+    The job's processes are found first, so that once the steps show up they can be stopped at once (tiny
+    models train a step in tens of milliseconds). An attempt that ends before it trains (requeued) is skipped.
+    """
+    c = cluster.client()
+    deadline = time.monotonic() + 300
 
-    return wait_until(f"the job of {sweep.experiment} to train {min_step} steps", ready, 240, sweep, interval=0.2)
+    def started() -> tuple[Any, list[int]] | None:
+        runs = [r for r in job_runs(cluster, sweep.experiment)
+                if r.info.status == "RUNNING" and "slurm_raw_job_id" in r.data.tags]
+        pids = task_pids(runs[-1].data.tags["slurm_raw_job_id"]) if runs else []
+        return (runs[-1], pids) if pids else None
+
+    while True:
+        run, pids = wait_until(f"a job of {sweep.experiment} to start", started, deadline - time.monotonic(), sweep)
+        while all(Path(f"/proc/{p}").exists() for p in pids):
+            if len(c.get_metric_history(run.info.run_id, "train/loss")) >= min_step:
+                return run, run.data.tags["slurm_raw_job_id"], pids
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the job of {sweep.experiment} did not train\n{sweep.diagnosis()}")
+            time.sleep(0.02)
 
 
 def job_state(cluster: Cluster, job_id: str) -> tuple[str, str]:
@@ -312,6 +321,63 @@ def start_requeued_now(cluster: Cluster, job_id: str, *extra: str) -> None:
 
 def assert_each_step_once(steps: list[int], n: int) -> None:
     assert steps == list(range(1, n + 1)), f"steps logged: {steps} (expected 1..{n}, each once)"
+
+
+# ----- a job at its time limit, in the background -------------------------------------------------------------
+TIMED_STEPS = 60
+TIME_LIMIT_TEST = "test_a_job_at_its_time_limit_checkpoints_is_requeued_and_finishes"
+
+
+@dataclass
+class TimeLimited:
+    """The time-limit job: a sweep of one job, and what the thread driving it saw."""
+
+    sweep: Sweep
+    thread: threading.Thread | None = None
+    run: Any = None
+    job_id: str = ""
+    stopped_at: int = -1
+    error: BaseException | None = None
+
+
+def drive_time_limited(cluster: Cluster, t: TimeLimited) -> None:
+    """Hold the first attempt's training until SLURM's time limit signal; give the requeued attempt time."""
+    try:
+        t.run, t.job_id, pids = training_job(cluster, t.sweep, min_step=1)
+        with held(pids):
+            t.stopped_at = len(history(cluster, t.run.info.run_id))
+            # slurmstepd continues a stopped task to deliver the warning (SIGCONT, then USR2)
+            wait_until("SLURM's time limit signal",
+                       lambda: all(signal_pending(p, signal.SIGUSR2) or not stopped(p) for p in pids), 90)
+        wait_until("the timed-out attempt to end its MLflow run",
+                   lambda: cluster.client().get_run(t.run.info.run_id).info.status == "KILLED", 120, t.sweep)
+        start_requeued_now(cluster, t.job_id, "timelimit=10")  # the next attempt gets time enough to finish
+    except BaseException as e:  # reported by the test
+        t.error = e
+
+
+@pytest.fixture(scope="module")
+def time_limited(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> TimeLimited:
+    """Started before the module's first test when the time-limit test is selected: its first attempt spends
+    most of its minute waiting for SLURM's clock, while the other tests run.
+
+    One minute per attempt. slurmctld checks time limits every 30 s and sends the warning signal (USR2, for
+    submitit) at the first check less than signal_delay_s + 30 s before the limit: here 29 to 59 s into the
+    attempt, at least 30 s before the check that would kill it.
+    """
+    sweep = start_sweep(cluster, tmp_path_factory.mktemp("cluster"), "timelimit", "attention=mqa",
+                        f"train.max_steps={TIMED_STEPS}", "hydra.launcher.timeout_min=1",
+                        "hydra.launcher.signal_delay_s=1", "hydra.launcher.max_num_timeout=3")
+    t = TimeLimited(sweep)
+    t.thread = threading.Thread(target=drive_time_limited, args=(cluster, t), daemon=True)
+    t.thread.start()
+    return t
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_the_time_limit_job_early(request: pytest.FixtureRequest) -> None:
+    if any(item.name == TIME_LIMIT_TEST for item in request.session.items):
+        request.getfixturevalue("time_limited")
 
 
 # ----- the tests ------------------------------------------------------------------------------------------------
@@ -351,7 +417,7 @@ def test_a_two_task_job_is_two_fsdp_ranks_logged_once(cluster, tmp_path):
         assert list(sweep.results.rglob(f".submitit/{job_id}/{job_id}_{rank}_result.pkl")), sweep.diagnosis()
 
 
-PREEMPTED_STEPS = 40
+PREEMPTED_STEPS = 30
 
 
 def test_a_preempted_job_is_requeued_and_continues_its_mlflow_run(cluster, tmp_path):
@@ -360,7 +426,7 @@ def test_a_preempted_job_is_requeued_and_continues_its_mlflow_run(cluster, tmp_p
     reference = start_sweep(cluster, tmp_path, "uninterrupted", "attention=gqa", *steps)
     sweep = start_sweep(cluster, tmp_path, "preempted", "attention=gqa", *steps)
 
-    run, job_id, pids = training_job(cluster, sweep, min_step=3)
+    run, job_id, pids = training_job(cluster, sweep, min_step=2)
     with held(pids):  # so that the signal lands mid-training
         stopped_at = len(history(cluster, run.info.run_id))
         cluster.slurm("scancel", "--signal=USR2", job_id)  # submitit's preemption signal, from SLURM
@@ -383,38 +449,6 @@ def test_a_preempted_job_is_requeued_and_continues_its_mlflow_run(cluster, tmp_p
     (uninterrupted,) = job_runs(cluster, reference.experiment)
     assert curve == history(cluster, uninterrupted.info.run_id), "the resumed loss curve differs"
     assert history(cluster, run.info.run_id, "eval/loss") == history(cluster, uninterrupted.info.run_id, "eval/loss")
-
-
-TIMED_STEPS = 30
-
-
-def test_a_job_at_its_time_limit_checkpoints_is_requeued_and_finishes(cluster, tmp_path):
-    # One minute per attempt. slurmctld checks time limits every 30 s and sends the warning signal (USR2, for
-    # submitit) at the first check less than signal_delay_s + 30 s before the limit: here 29 to 59 s into the
-    # attempt, at least 30 s before the check that would kill it.
-    sweep = start_sweep(cluster, tmp_path, "timelimit", "attention=mqa", f"train.max_steps={TIMED_STEPS}",
-                        "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=1",
-                        "hydra.launcher.max_num_timeout=3")
-    run, job_id, pids = training_job(cluster, sweep, min_step=2)
-    with held(pids):
-        stopped_at = len(history(cluster, run.info.run_id))
-        # slurmstepd continues a stopped task to deliver the warning (SIGCONT, then USR2)
-        wait_until("SLURM's time limit signal",
-                   lambda: all(signal_pending(p, signal.SIGUSR2) or not stopped(p) for p in pids), 90)
-    assert stopped_at < TIMED_STEPS
-    wait_until("the timed-out attempt to end its MLflow run",
-               lambda: cluster.client().get_run(run.info.run_id).info.status == "KILLED", 120, sweep)
-    # the next attempt gets time enough to finish
-    start_requeued_now(cluster, job_id, "timelimit=10")
-
-    rc, out = sweep.wait(300)
-    assert rc == 0, sweep.diagnosis()
-    finished = [r for r in job_runs(cluster, sweep.experiment) if r.info.status == "FINISHED"]
-    assert [r.info.run_id for r in finished] == [run.info.run_id], sweep.diagnosis()
-    assert finished[0].data.tags["slurm_restart_count"] == "1"
-    assert_each_step_once([s for s, _ in history(cluster, run.info.run_id)], TIMED_STEPS)
-    logs = "".join(p.read_text() for p in sweep.results.rglob(f".submitit/{job_id}/*_log.*"))
-    assert "this job is timed-out" in logs, "submitit did not see a time limit"
 
 
 def test_a_job_that_raises_is_failed_in_mlflow_and_fails_the_sweep(cluster, tmp_path):
@@ -521,3 +555,22 @@ def test_an_optuna_study_on_postgresql_runs_4_slurm_workers(cluster, tmp_path):
     assert None not in jobs, "trials ran outside SLURM"
     workers = list(results.rglob("submitit/*/*_submitted.pkl"))
     assert len(workers) == 4, f"{len(workers)} worker jobs, not 4"
+
+
+def test_a_job_at_its_time_limit_checkpoints_is_requeued_and_finishes(cluster, time_limited):
+    t = time_limited
+    t.thread.join(timeout=300)
+    assert not t.thread.is_alive(), f"the time-limit job is stuck\n{t.sweep.diagnosis()}"
+    if t.error is not None:
+        raise t.error
+    assert t.stopped_at < TIMED_STEPS
+
+    rc, out = t.sweep.wait(300)
+    assert rc == 0, t.sweep.diagnosis()
+    finished = [r for r in job_runs(cluster, t.sweep.experiment) if r.info.status == "FINISHED"]
+    assert [r.info.run_id for r in finished] == [t.run.info.run_id], t.sweep.diagnosis()
+    # requeued once (twice if SLURM's signal came before an attempt trained: it then had nothing to save)
+    assert int(finished[0].data.tags["slurm_restart_count"]) >= 1
+    assert_each_step_once([s for s, _ in history(cluster, t.run.info.run_id)], TIMED_STEPS)
+    logs = "".join(p.read_text() for p in t.sweep.results.rglob(f".submitit/{t.job_id}/*_log.*"))
+    assert "this job is timed-out" in logs, "submitit did not see a time limit"
