@@ -478,13 +478,27 @@ def format_value(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
         return repr(value)
+    if isinstance(value, float):
+        return _float_text(value)
     text = str(value)
     if text and all(c.isalnum() or c in "_-./:" for c in text) and _yaml_value(text) == text \
             and text.lower() not in ("null", "true", "false", "inf", "nan"):
         return text
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _float_text(v: float) -> str:
+    """The shortest exact text: 5e11 rather than 500000000000.0, 0.003 as it is."""
+    if not math.isfinite(v) or abs(v) < 1e5:
+        return repr(v)
+    for digits in range(17):
+        text = f"{v:.{digits}e}"
+        if float(text) == v:
+            mantissa, exponent = text.split("e")
+            return f"{mantissa}e{int(exponent)}"
+    return repr(v)
 
 
 # ======================================================================================================
@@ -601,7 +615,7 @@ def reproduce_overrides(spec: Search, params: dict[str, Any]) -> list[str]:
 def _budget_overrides(spec: Search) -> list[str]:
     if spec.flops is None:
         return []
-    return [f"train.max_flops={spec.flops!r}", "train.max_steps=null", "train.max_tokens=null"]
+    return [f"train.max_flops={format_value(spec.flops)}", "train.max_steps=null", "train.max_tokens=null"]
 
 
 # ======================================================================================================

@@ -128,9 +128,10 @@ def test_overrides_are_written_as_hydra_reads_them():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    for value in (1e-4, 0.003, 3, True, None, "gqa", "a b", "1e-3", "x'y", 2.5e-12):
+    for value in (1e-4, 0.003, 3, True, None, "gqa", "a b", "1e-3", "x'y", 2.5e-12, 5e11, 1.25e13, 123456.7, -3e6):
         parsed = parser.parse_override(f"k={S.format_value(value)}")
-        assert parsed.value() == value, (value, S.format_value(value))
+        assert parsed.value() == value and type(parsed.value()) is type(value), (value, S.format_value(value))
+    assert S.format_value(5e11) == "5e11" and S.format_value(0.003) == "0.003"
 
 
 def bad_search(tmp_path: Path, **fields) -> str:
