@@ -16,9 +16,9 @@ Arguments are ``key=value``. Search keys: ``search`` (a name in sweeps/searches/
 ``n_trials``, ``workers``, ``launcher`` (local | inline | any hydra/launcher option, e.g. submitit_local,
 submitit_slurm), ``ranks`` (processes per trial), ``storage``, ``sampler``, ``pruner``, ``seed``,
 ``heartbeat_interval``, ``grace_period``, ``max_retry``, ``keep_checkpoints``, ``max_worker_failures``,
-``reset_running``, and dotted ``sampler.*``, ``pruner.*``, ``objective.*``, ``milestones.*``. Every other
-argument is an override of every trial's config (``model=small``, ``train.seq_len=128``), as on run.py's
-command line; ``hydra.launcher.*`` overrides configure the submitit launcher.
+``reset_running``, ``poll_seconds``, and dotted ``sampler.*``, ``pruner.*``, ``objective.*``,
+``milestones.*``. Every other argument is an override of every trial's config (``model=small``,
+``train.seq_len=128``), as on run.py's command line; ``hydra.launcher.*`` overrides configure the submitit launcher.
 
 How it runs: the driver (this command) validates everything, creates the Optuna storage and the study (once,
 before any worker starts: sqlite and MLflow's store must not be created by several processes at once), the
