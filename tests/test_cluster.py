@@ -101,7 +101,8 @@ def _probe(variables: dict[str, str]) -> str | None:
     """Why the cluster cannot be used, or None."""
     missing = [k for k in ENV_KEYS[1:] if not variables.get(k)]
     if missing:
-        return f"{', '.join(missing)} unknown"
+        where = Path(os.environ.get("OLMO_CLUSTER_DIR", "/tmp/olmo-cluster")) / "env"
+        return f"{', '.join(missing)} not set and not in {where}"
     env = {**os.environ, **variables}
     try:
         out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=30)
