@@ -242,6 +242,17 @@ def test_fast_decoder_matches_forward_options(extra, norm):
                                  eos_token_id=0, **extra))
 
 
+@pytest.mark.parametrize("block", ["sequential", "llama", "parallel"])
+def test_fast_decoder_with_transposed_weights_matches_forward(block):
+    # max_steps >= 64 on CPU: the decoder multiplies by (in, out) copies of the weights (biases included here).
+    model = make_model(block_type=block, include_bias=True, weight_tying=False, n_kv_heads=2, scale=0.3)
+    x = prompts(2, seed=3)
+    a = generate(model, x, max_steps=64, min_steps=64, beam_size=2)
+    b = generate(model, x, max_steps=64, min_steps=64, beam_size=2, decoder="forward")
+    assert torch.equal(a.token_ids, b.token_ids)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("combo", AXIS_COMBOS, ids=combo_id)
 def test_fast_decoder_matches_forward_every_combination(combo):
