@@ -144,3 +144,13 @@ def test_mlflow_run_id_as_the_checkpoint(run_folder, tmp_path):
 def test_loaded_models_are_in_eval_mode_on_the_requested_device(run_folder):
     loaded = load_for_generation(run_folder / "step00000006", device="cpu")
     assert not loaded.model.training and loaded.model.device == torch.device("cpu")
+
+
+@pytest.mark.slow
+def test_benchmark_quick_runs():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_generate.py"), "--quick", "--batch-sizes", "1", "2"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("same greedy tokens: True") == 2

@@ -10,7 +10,9 @@ computes exactly the same function for the decode steps (the prompt still goes t
 - RoPE's sin/cos for the step's position looked up once for all layers, the rotation as ``roll`` (NeoX
   ``rotate_half`` times ``sin`` equals ``roll`` times ``[-sin, sin]``, bit for bit);
 - linear layers, norms and activations called functionally (``F.rms_norm`` is bit-identical to our RMSNorm
-  in fp32; norms and activations of unknown types are called through their own ``forward``).
+  in fp32; norms and activations of unknown types are called through their own ``forward``);
+- on CPU, for long generations, (in, out) copies of the weights, which CPU BLAS multiplies a few rows by faster
+  (the one change that is not bit for bit: the products round differently, within 1e-6).
 
 It covers the block types, positional schemes and norms registered today, in fp32 without autocast, on plain
 (unsharded) parameters. ``fast_decode_unsupported`` names the reason when a model is outside that set, and
