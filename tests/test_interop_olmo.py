@@ -183,3 +183,19 @@ def test_missing_weights_error_clearly(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": OLMO_TINY}))
     with pytest.raises(OLMoConfigurationError, match="model.safetensors, model.pt"):
         load_olmo_checkpoint(tmp_path)
+
+
+def test_early_parallel_block_with_fused_projection():
+    """The early original's parallel block: fused_attn_ff_proj = [q; k; v; ff] and one `norm`."""
+    config = config_from_olmo({**OLMO_TINY, "block_type": "parallel", "include_bias": True, "n_kv_heads": 2})
+    reference = randomise(OLMo(config))
+    legacy = {}
+    for key, value in reference.state_dict().items():
+        if ".att_proj." in key:
+            ff = reference.state_dict()[key.replace(".att_proj.", ".ff_proj.")]
+            legacy[key.replace(".att_proj.", ".fused_attn_ff_proj.")] = torch.cat([value, ff])
+        elif ".ff_proj." not in key:
+            legacy[key.replace(".attn_norm.", ".norm.")] = value
+    model = OLMo(config)
+    model.load_state_dict(state_dict_from_olmo(legacy, config))
+    assert torch.equal(logits(model.eval()), logits(reference))

@@ -172,19 +172,30 @@ def group_blocks(state_dict: dict[str, torch.Tensor], block_group_size: int) -> 
 
 
 def state_dict_from_olmo(state_dict: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """An original OLMo state dict (any wrapping, grouping, legacy norms) -> ours for ``config``."""
+    """An original OLMo state dict (any wrapping, grouping, legacy norms) -> ours for ``config``.
+
+    Also the early original's parallel block: its ``fused_attn_ff_proj`` (q, k, v and the MLP input in one
+    projection) becomes our parallel block's ``att_proj`` and ``ff_proj``; its single ``norm`` our ``attn_norm``.
+    """
     sd = {}
     for key, value in state_dict.items():
         for wrapper in _WRAPPERS:
             key = key.replace(wrapper, "")
         sd[key] = value
     sd = flatten_block_groups(sd)
+    one_norm = config.block_type == "parallel" and not config.norm_after  # our pre-norm parallel block
+    qkv_width = config.d_model + 2 * config.effective_n_kv_heads * config.head_dim
     for key in [k for k in sd if _BLOCK.match(k)]:
-        prefix, rest = key.rsplit(".", 2)[0], key.rsplit(".", 2)[1:]
-        if rest[0] == "norm" and f"{prefix}.attn_norm.{rest[1]}" not in sd:  # legacy: one norm for both
+        prefix, name, kind = key.rsplit(".", 2)
+        if name == "norm" and f"{prefix}.attn_norm.{kind}" not in sd:  # legacy: one norm for both sub-layers
             value = sd.pop(key)
-            sd[f"{prefix}.attn_norm.{rest[1]}"] = value
-            sd[f"{prefix}.ff_norm.{rest[1]}"] = value.clone()
+            sd[f"{prefix}.attn_norm.{kind}"] = value
+            if not one_norm:
+                sd[f"{prefix}.ff_norm.{kind}"] = value.clone()
+        elif name == "fused_attn_ff_proj":
+            att, ff = sd.pop(key).split((qkv_width, config.mlp_width), dim=0)
+            sd[f"{prefix}.att_proj.{kind}"] = att
+            sd[f"{prefix}.ff_proj.{kind}"] = ff
     return group_blocks(sd, config.block_group_size)
 
 
