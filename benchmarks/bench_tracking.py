@@ -7,7 +7,8 @@ step it records:
     background writer thread): what the training loop waits for;
   - period: wall time from one step's start to the next (everything: batch, forward, backward, AdamW, every
     callback, and any slowdown from the writer thread competing for the GIL and the cores);
-  - cpu: process CPU time per step (all threads: the writer's work included).
+  - cpu: process CPU time per step (all threads: the writer's work included);
+  - writer: CPU time of the background writer thread (MLflow's log_batch) per step.
 Steps followed by an evaluation and the first 10 steps are left out. Overhead = tracked / untracked - 1 of
 the medians.
 
@@ -89,6 +90,7 @@ def experiment(spec: dict, steps: int, cache: str) -> ExperimentConfig:
 def one_run(cfg: ExperimentConfig, tracked: bool, results: str) -> dict:
     clock = Clock()
     hooks: list[float] = []
+    writer: list[float] = []
 
     class Grab(Callback):  # keep the MLflow callback's own timings
         name = "bench_grab"
@@ -97,13 +99,15 @@ def one_run(cfg: ExperimentConfig, tracked: bool, results: str) -> dict:
             for cb in trainer.callbacks:
                 if isinstance(cb, MLflowCallback) and cb.run is not None:
                     hooks.extend(cb.hook_seconds[SKIP_FIRST:])
+                    cb.run.flush()
+                    writer.append(cb.run.writer.cpu_seconds / trainer.state.step)
 
     tracking = TrackingConfig(enabled=tracked, experiment="bench-tracking", system_metrics=True)
     out = run_tracked(cfg, JobContext(tracking=tracking, results_dir=results, force=True),
                       callbacks=[clock, Grab()])
     assert out.status == "finished", out
     wall, cpu = clock.per_step()
-    return {"wall": wall, "cpu": cpu, "hook": hooks}
+    return {"wall": wall, "cpu": cpu, "hook": hooks, "writer": writer}
 
 
 def main() -> None:
@@ -122,7 +126,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="olmo-bench-tracking-") as results:
         for name, spec in CONFIGS.items():
             cfg = experiment(spec, args.steps, cache)
-            acc = {False: {"wall": [], "cpu": [], "hook": []}, True: {"wall": [], "cpu": [], "hook": []}}
+            acc = {t: {"wall": [], "cpu": [], "hook": [], "writer": []} for t in (False, True)}
             one_run(cfg, False, results)  # warm-up: data cache, allocator, peak
             for r in range(args.repeats):
                 for tracked in ((False, True) if r % 2 == 0 else (True, False)):
@@ -134,7 +138,8 @@ def main() -> None:
             raw[name] = acc
             print(f"{name}: untracked {med[False]['wall'] * 1e3:.2f} ms/step wall, {med[False]['cpu'] * 1e3:.2f} "
                   f"ms cpu | tracked {med[True]['wall'] * 1e3:.2f} ms wall, {med[True]['cpu'] * 1e3:.2f} ms cpu | "
-                  f"hook {med[True]['hook'] * 1e6:.1f} us = {med[True]['hook'] / med[False]['wall']:.3%} of a step",
+                  f"hook {med[True]['hook'] * 1e6:.1f} us = {med[True]['hook'] / med[False]['wall']:.3%} of a step | "
+                  f"writer thread {med[True]['writer'] * 1e3:.2f} ms cpu/step",
                   flush=True)
     print()
     print(markdown(rows, args))
@@ -149,15 +154,15 @@ def markdown(rows, args) -> str:
         f"{_commit()}. {args.repeats} interleaved repeats x {args.steps} steps per case.",
         "",
         "| config | untracked ms/step (wall / cpu) | tracked ms/step (wall / cpu) | wall overhead | cpu overhead "
-        "| in-loop hook | hook / step |",
-        "|---|---|---|---|---|---|---|",
+        "| in-loop hook | hook / step | writer thread CPU / step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in rows:
         u, t = m[False], m[True]
         lines.append(
             f"| {name} | {u['wall'] * 1e3:.2f} / {u['cpu'] * 1e3:.2f} | {t['wall'] * 1e3:.2f} / {t['cpu'] * 1e3:.2f} "
             f"| {t['wall'] / u['wall'] - 1:+.2%} | {t['cpu'] / u['cpu'] - 1:+.2%} | {t['hook'] * 1e6:.0f} us "
-            f"| {t['hook'] / u['wall']:.3%} |"
+            f"| {t['hook'] / u['wall']:.3%} | {t['writer'] * 1e3:.2f} ms ({t['writer'] / u['cpu']:.2%}) |"
         )
     return "\n".join(lines)
 

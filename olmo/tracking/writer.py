@@ -25,7 +25,7 @@ class MetricWriter:
         self,
         client: Any,
         run_id: str,
-        min_interval_seconds: float = 1.0,
+        min_interval_seconds: float = 2.0,
         max_attempts: int = 12,
         max_backoff_seconds: float = 5.0,
     ) -> None:
@@ -37,6 +37,7 @@ class MetricWriter:
         self.errors: list[str] = []  # batches given up on (after max_attempts)
         self.batches_written = 0
         self.metrics_written = 0
+        self.cpu_seconds = 0.0  # CPU time of this thread writing (the cost tracking adds beside the loop)
         self._pending: list[Any] = []
         self._submitted = 0
         self._done = 0
@@ -107,6 +108,13 @@ class MetricWriter:
                 self._cond.notify_all()
 
     def _write(self, batch: list[Any]) -> None:
+        start = time.thread_time()
+        try:
+            self._write_with_retries(batch)
+        finally:
+            self.cpu_seconds += time.thread_time() - start
+
+    def _write_with_retries(self, batch: list[Any]) -> None:
         delay = 0.05
         for attempt in range(1, self.max_attempts + 1):
             try:
