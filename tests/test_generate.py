@@ -448,3 +448,11 @@ def test_sampler_argument_errors():
         draw_first_tokens(TopKSampler(k=2), n=2, beam_size=3)
     with pytest.raises(OLMoConfigurationError, match="ngram_size"):
         RepeatedNGramBlockingConstraint(0)
+
+
+def test_step_functions_may_leave_out_the_timestep():
+    table = torch.randn(6, 6).log_softmax(-1)
+    bs = BeamSearch(EOS, max_steps=5, beam_size=2)
+    with_t = bs.search(torch.tensor([1, 2]), {}, lambda last, state, t: (table[last], state))
+    without = bs.search(torch.tensor([1, 2]), {}, lambda last, state: (table[last], state))
+    assert torch.equal(with_t[0], without[0]) and torch.equal(with_t[1], without[1])

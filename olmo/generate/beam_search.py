@@ -1,10 +1,10 @@
 """Beam search over any step function, with pluggable samplers, final scorers and constraints.
 
 The design follows AllenNLP's ``BeamSearch`` (as the original OLMo does); this is an independent implementation.
-The search calls ``step(last_predictions (N,), state, timestep) -> (log_probs (N, V), state)``, where ``state`` is
-a dict whose values are tensors with the N rows first (or lists/tuples of them, e.g. a KV cache): the search
-expands it from the batch to batch x beam after the first step and reorders it after every step, so the step
-function never needs to know about beams.
+The search calls ``step(last_predictions (N,), state, timestep) -> (log_probs (N, V), state)`` (the timestep may
+be left out of the signature), where ``state`` is a dict whose values are tensors with the N rows first (or
+lists/tuples of them, e.g. a KV cache): the search expands it from the batch to batch x beam after the first step
+and reorders it after every step, so the step function never needs to know about beams.
 
 Every step, for each live node (batch row x beam) the sampler picks ``per_node_beam_size`` candidate tokens; the
 candidates' sequence scores are their parent's summed log-probability plus their own, and the sampler keeps the
@@ -21,6 +21,7 @@ with ``sample_beams``, i.e. the top-k, even with a sampling sampler); with the d
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -68,8 +69,16 @@ class BeamSearch:
     def search(
         self, start_predictions: torch.Tensor, start_state: StepState, step: StepFunction
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the predictions (B, beam, T <= max_steps) and their final scores (B, beam), best first."""
+        """Returns the predictions (B, beam, T <= max_steps) and their final scores (B, beam), best first.
+
+        ``step`` takes (last_predictions, state, timestep) or, like the original allows, (last_predictions, state).
+        """
         batch_size, beam = start_predictions.shape[0], self.beam_size
+        if _positional_arity(step) == 2:
+            two_arg_step = step
+
+            def step(last: torch.Tensor, state: StepState, timestep: int) -> tuple[torch.Tensor, StepState]:
+                return two_arg_step(last, state)
 
         log_probs, state = step(start_predictions, start_state, 0)
         num_classes = log_probs.shape[-1]
@@ -146,6 +155,16 @@ class BeamSearch:
         after = torch.full_like(log_probs, float("-inf"))
         after[:, self.end_index] = 0.0
         return after
+
+
+def _positional_arity(fn: Callable) -> int | None:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: assume the full form
+        return None
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return None
+    return sum(p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 def _forbid(log_probs: torch.Tensor, index: int) -> torch.Tensor:
