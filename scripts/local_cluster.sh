@@ -302,25 +302,29 @@ status() {  # exit 0: everything answers; 3: nothing of it runs; 1: some of it r
     return 3
 }
 
-stop_pidfile() {  # stop_pidfile NAME FILE: SIGTERM, then SIGKILL after 15 s
-    local pid i
+stop_pidfile() {  # stop_pidfile NAME FILE [group]: SIGTERM (to its process group), SIGKILL after 15 s
+    local pid target i
     pid_alive "$2" || return 0
     pid=$(head -n1 "$2" | tr -dc '0-9')
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 75; i++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
-    log "$1 (pid $pid) did not stop on SIGTERM; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
+    target=$pid
+    [ "${3:-}" = group ] && target=-$pid
+    kill -TERM -- "$target" 2>/dev/null || true
+    for ((i = 0; i < 75; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "$1 (pid $pid) did not stop on SIGTERM; killing it"
+        kill -KILL -- "$target" 2>/dev/null || true
+    elif [ "${3:-}" = group ]; then
+        kill -KILL -- "$target" 2>/dev/null || true  # workers that outlived their parent
+    fi
+    return 0
 }
 
 stop() {
     [ -d "$STATE" ] || { log "nothing to stop ($STATE does not exist)"; return 0; }
     touch "$STARTED"
     if grep -qx mlflow "$STARTED"; then
-        # the server runs in its own session (setsid): its gunicorn/uvicorn workers go with it
-        if pid_alive "$MLFLOW_DIR/mlflow.pid"; then
-            kill -TERM -- "-$(head -n1 "$MLFLOW_DIR/mlflow.pid" | tr -dc '0-9')" 2>/dev/null || true
-        fi
-        stop_pidfile mlflow "$MLFLOW_DIR/mlflow.pid"
+        # the server leads its own session (setsid): its uvicorn workers are in its process group
+        stop_pidfile mlflow "$MLFLOW_DIR/mlflow.pid" group
         rm -f "$MLFLOW_DIR/mlflow.pid"
     fi
     if grep -qx slurmd "$STARTED" || grep -qx slurmctld "$STARTED"; then
