@@ -276,6 +276,7 @@ def held(pids: list[int]) -> Iterator[None]:
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
+        wait_until("the job's processes to stop", lambda: all(stopped(p) for p in pids), 10, interval=0.005)
         yield
     finally:
         for pid in pids:
@@ -283,13 +284,19 @@ def held(pids: list[int]) -> Iterator[None]:
                 os.kill(pid, signal.SIGCONT)
 
 
-def training_job(cluster: Cluster, sweep: Sweep, min_step: int) -> tuple[Any, str, list[int]]:
-    """Wait until the sweep's (only) job logged ``min_step`` train steps; its MLflow run, SLURM job id, task PIDs.
+def checkpointed_step(results: Path) -> int:
+    """The newest step checkpointed under ``results`` (0 if none): the jobs of these tests save every step."""
+    steps = [int(p.name[4:]) for p in results.glob("checkpoints/*/*/step*") if p.name[4:].isdigit()]
+    return max(steps, default=0)
 
-    The job's processes are found first, so that once the steps show up they can be stopped at once (tiny
-    models train a step in tens of milliseconds). An attempt that ends before it trains (requeued) is skipped.
+
+def training_job(cluster: Cluster, sweep: Sweep, min_step: int) -> tuple[Any, str, list[int]]:
+    """Wait until the sweep's (only) job checkpointed step ``min_step``; its MLflow run, SLURM job id, task PIDs.
+
+    Progress is read from the checkpoints (train.checkpoint_interval=1), not from MLflow, whose metrics arrive in
+    batches; the job's processes are found first, so that they can be stopped as soon as the step is there (a
+    tiny model trains a step in tens of milliseconds). An attempt that ends before it trains (requeued) is skipped.
     """
-    c = cluster.client()
     deadline = time.monotonic() + 300
 
     def started() -> tuple[Any, list[int]] | None:
@@ -301,11 +308,11 @@ def training_job(cluster: Cluster, sweep: Sweep, min_step: int) -> tuple[Any, st
     while True:
         run, pids = wait_until(f"a job of {sweep.experiment} to start", started, deadline - time.monotonic(), sweep)
         while all(Path(f"/proc/{p}").exists() for p in pids):
-            if len(c.get_metric_history(run.info.run_id, "train/loss")) >= min_step:
+            if checkpointed_step(sweep.results) >= min_step:
                 return run, run.data.tags["slurm_raw_job_id"], pids
             if time.monotonic() > deadline:
                 raise AssertionError(f"the job of {sweep.experiment} did not train\n{sweep.diagnosis()}")
-            time.sleep(0.02)
+            time.sleep(0.01)
 
 
 def job_state(cluster: Cluster, job_id: str) -> tuple[str, str]:
@@ -325,7 +332,7 @@ def assert_each_step_once(steps: list[int], n: int) -> None:
 
 
 # ----- a job at its time limit, in the background -------------------------------------------------------------
-TIMED_STEPS = 60
+TIMED_STEPS = 40
 TIME_LIMIT_TEST = "test_a_job_at_its_time_limit_checkpoints_is_requeued_and_finishes"
 
 
@@ -346,7 +353,7 @@ def drive_time_limited(cluster: Cluster, t: TimeLimited) -> None:
     try:
         t.run, t.job_id, pids = training_job(cluster, t.sweep, min_step=1)
         with held(pids):
-            t.stopped_at = len(history(cluster, t.run.info.run_id))
+            t.stopped_at = checkpointed_step(t.sweep.results)
             # slurmstepd continues a stopped task to deliver the warning (SIGCONT, then USR2)
             wait_until("SLURM's time limit signal",
                        lambda: all(signal_pending(p, signal.SIGUSR2) or not stopped(p) for p in pids), 90)
@@ -367,7 +374,7 @@ def time_limited(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> 
     attempt, at least 30 s before the check that would kill it.
     """
     sweep = start_sweep(cluster, tmp_path_factory.mktemp("cluster"), "timelimit", "attention=mqa",
-                        f"train.max_steps={TIMED_STEPS}", "hydra.launcher.timeout_min=1",
+                        f"train.max_steps={TIMED_STEPS}", "train.checkpoint_interval=1", "hydra.launcher.timeout_min=1",
                         "hydra.launcher.signal_delay_s=1", "hydra.launcher.max_num_timeout=3")
     t = TimeLimited(sweep)
     t.thread = threading.Thread(target=drive_time_limited, args=(cluster, t), daemon=True)
@@ -425,14 +432,15 @@ def test_a_preempted_job_is_requeued_and_continues_its_mlflow_run(cluster, tmp_p
     # An evaluation at every step: the step the job is preempted at has one due (it must not be lost).
     steps = (f"train.max_steps={PREEMPTED_STEPS}", "train.eval_interval=1")
     reference = start_sweep(cluster, tmp_path, "uninterrupted", "attention=gqa", *steps)
-    sweep = start_sweep(cluster, tmp_path, "preempted", "attention=gqa", *steps)
+    # checkpoints at every step (the test's way to see the job's progress) change nothing that is trained
+    sweep = start_sweep(cluster, tmp_path, "preempted", "attention=gqa", *steps, "train.checkpoint_interval=1")
 
     run, job_id, pids = training_job(cluster, sweep, min_step=2)
     with held(pids):  # so that the signal lands mid-training
-        stopped_at = len(history(cluster, run.info.run_id))
+        stopped_at = checkpointed_step(sweep.results)
         cluster.slurm("scancel", "--signal=USR2", job_id)  # submitit's preemption signal, from SLURM
         wait_until("SLURM to deliver USR2", lambda: all(signal_pending(p, signal.SIGUSR2) for p in pids), 30)
-    assert stopped_at < PREEMPTED_STEPS
+    assert stopped_at < PREEMPTED_STEPS - 1
     wait_until("the preempted attempt to end its MLflow run",
                lambda: cluster.client().get_run(run.info.run_id).info.status == "KILLED", 120, sweep)
     start_requeued_now(cluster, job_id)
@@ -490,13 +498,12 @@ def write_metrics(uri: str, experiment_id: str, writer: int, barrier_dir: str) -
     deadline = time.time() + 240
     while len(list(barrier.glob("ready-*"))) < WRITERS and time.time() < deadline:
         time.sleep(0.05)
+    started = time.time()
     run = TrackedRun.start(uri, experiment_id, run_name=f"writer-{writer}", tags={"writer": str(writer),
                            **slurm_tags()})
-    started = time.time()
-    for step in range(1, WRITER_STEPS + 1):
+    for step in range(1, WRITER_STEPS + 1):  # a step every 10 ms: 3 s of training, as seen by MLflow
         run.log_metrics({k: metric_value(writer, i, step) for i, k in enumerate(WRITER_KEYS)}, step)
-        if step % 50 == 0:
-            time.sleep(0.01)
+        time.sleep(0.01)
     run.end("FINISHED")
     return {"run_id": run.run_id, "started": started, "ended": time.time(), "errors": run.writer.errors}
 
@@ -564,7 +571,7 @@ def test_a_job_at_its_time_limit_checkpoints_is_requeued_and_finishes(cluster, t
     assert not t.thread.is_alive(), f"the time-limit job is stuck\n{t.sweep.diagnosis()}"
     if t.error is not None:
         raise t.error
-    assert t.stopped_at < TIMED_STEPS
+    assert t.stopped_at < TIMED_STEPS - 1
 
     rc, out = t.sweep.wait(300)
     assert rc == 0, t.sweep.diagnosis()
