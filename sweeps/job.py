@@ -112,7 +112,10 @@ class SubmititPreemption(Callback):
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signalled = True
-        os.kill(os.getpid(), signal.SIGUSR1)  # the Checkpointer saves after this step and stops ("preempted")
+        # The Checkpointer saves after this step and stops ("preempted"). Once training is over it no longer listens
+        # to SIGUSR1, whose default action would kill the process: a signal that late has nothing left to save.
+        if callable(signal.getsignal(signal.SIGUSR1)):
+            os.kill(os.getpid(), signal.SIGUSR1)
 
     def on_train_end(self, trainer: Any, status: str) -> None:
         if self._signum is not None and self._submitit_handler is not None:
