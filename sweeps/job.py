@@ -31,7 +31,6 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = list(hc.overrides.task)
     choices = dict(hc.runtime.choices)
-    rank0 = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
     info = SweepInfo.read(hc.sweep.dir) if multirun else None
     num = int(hc.job.num) if multirun else 0
     try:
@@ -59,7 +58,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             raise
         log.exception("job #%d failed before training", num)
         outcome = JobOutcome(status="failed", config_hash="", error=f"{type(e).__name__}: {e}")
-    if rank0:
+    if _global_rank() == 0:  # after run_tracked: init_distributed has exported submitit's RANK
         _write_outcome(Path(hc.runtime.output_dir), num, overrides, outcome)
     if outcome.status == "failed":
         log.error("job #%d failed: %s", num, outcome.error)
@@ -76,6 +75,19 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
         shutdown_distributed()
     return outcome.asdict()
+
+
+def _global_rank() -> int:
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if "SUBMITIT_EXECUTOR" in os.environ:
+        try:
+            import submitit
+
+            return int(submitit.JobEnvironment().global_rank)
+        except Exception:  # noqa: BLE001  (not in a submitit job after all)
+            pass
+    return int(os.environ.get("SLURM_PROCID", "0"))
 
 
 def _write_outcome(folder: Path, num: int, overrides: list[str], outcome: JobOutcome) -> None:

@@ -186,3 +186,38 @@ def test_every_sweep_preset_composes_into_a_valid_multirun(tmp_path):
             if name in expected:
                 assert len(jobs) == expected[name], name
             assert swept and all(f"+sweep={name}" in j.overrides for j in jobs)
+
+
+def test_every_option_of_every_config_group_composes_and_validates():
+    """Each conf/<group>/<option>.yaml on top of the defaults gives a valid ExperimentConfig."""
+    from hydra import compose, initialize_config_dir
+
+    from sweeps.driver import check_experiment
+    from sweeps.schema import to_configs
+
+    groups = sorted(p for p in (ROOT / "conf").iterdir() if p.is_dir() and p.name != "hydra")
+    assert {g.name for g in groups} >= {"attention", "pos", "norm", "activation", "init", "block", "kernel",
+                                        "model", "data", "optim", "scheduler", "train", "distributed"}
+    checked = 0
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for group in groups:
+            for option in sorted(p.stem for p in group.glob("*.yaml")):
+                overrides = [f"{group.name}={option}"]
+                if group.name == "data" and option != "shakespeare":
+                    overrides.append("data.paths=[corpus.txt]")
+                    overrides += ["data.eos_token_id=0"] if option == "memmap" else []
+                composed = to_configs(compose("config", overrides=overrides), "/tmp")
+                check_experiment(composed.experiment, world_size=1)
+                checked += 1
+    assert checked >= 50
+    # the presets say what they say
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        one_b = to_configs(compose("config", overrides=["model=1b", "train=flops_1e19"]), "/tmp").experiment
+        assert (one_b.model.d_model, one_b.model.n_layers, one_b.model.n_heads) == (2048, 16, 16)
+        assert one_b.model.attention_dropout == one_b.model.residual_dropout == one_b.model.embedding_dropout == 0
+        assert one_b.train.seq_len == 2048 and one_b.train.max_flops == 1e19 and one_b.train.max_steps is None
+        gqa = to_configs(compose("config", overrides=["attention=gqa", "model=small"]), "/tmp").experiment
+        assert (gqa.model.n_heads, gqa.model.n_kv_heads) == (8, 4)
+        default = to_configs(compose("config"), "/tmp")
+        assert (default.experiment.model.d_model, default.experiment.train.max_steps) == (128, 300)
+        assert default.experiment.data.source == "shakespeare" and default.tracking.enabled

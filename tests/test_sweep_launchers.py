@@ -61,6 +61,7 @@ def test_submitit_local_with_2_tasks_is_one_fsdp_job_logged_once(tmp_path, data_
     c, runs = child_runs(tmp_path)
     assert len(runs) == 1
     r = runs[0]
+    assert f"run {r.info.run_id[:12]}" in proc.stdout  # the summary has rank 0's outcome
     assert r.data.tags["world_size"] == "2" and r.data.params["derived.world_size"] == "2"
     assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "train/loss")) == list(range(1, 7))
     assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "eval/loss")) == [3, 6]
