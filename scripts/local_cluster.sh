@@ -7,6 +7,7 @@
 #   bash scripts/local_cluster.sh env      print the environment to use it:  eval "$(bash scripts/local_cluster.sh env)"
 #   bash scripts/local_cluster.sh status   what runs (exit 0: everything answers, 3: nothing runs, 1: some of it)
 #   bash scripts/local_cluster.sh stop     stop exactly what `start` started (the PIDs recorded in the state folder)
+#   bash scripts/local_cluster.sh in-use   exit 0 when test sessions hold leases on it (see OLMO_CLUSTER_LEASE)
 #
 # Everything lives in one state folder, $OLMO_CLUSTER_DIR (default /tmp/olmo-cluster): the munge key and
 # socket, slurm.conf, the SLURM spool and logs, the PostgreSQL data folder, the MLflow artifacts, the PID files,
@@ -16,7 +17,8 @@
 # Settings (environment): OLMO_CLUSTER_DIR, OLMO_CLUSTER_CPUS (CPUs the node announces, default max(nproc, 16):
 # no pinning, so small jobs share cores), OLMO_SLURMCTLD_PORT (6817), OLMO_SLURMD_PORT (6818),
 # OLMO_PG_PORT (55432), OLMO_MLFLOW_PORT (55000), OLMO_MLFLOW_BIN (default: .venv/bin/mlflow of this repository,
-# else `mlflow` on PATH; none: no MLflow server), OLMO_CLUSTER_NO_MLFLOW=1 (no MLflow server).
+# else `mlflow` on PATH; none: no MLflow server), OLMO_CLUSTER_NO_MLFLOW=1 (no MLflow server), OLMO_CLUSTER_LEASE
+# (a PID: `start` takes a lease for it, `stop` gives it back and stops only when no other live lease is left).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -116,7 +118,7 @@ start_munge() {
     # --force: the state folder may sit under /tmp, which munged would otherwise call insecure.
     munged --force --key-file="$MUNGE_DIR/munge.key" --socket="$MUNGE_DIR/munge.socket.2" \
         --pid-file="$MUNGE_DIR/munged.pid" --log-file="$MUNGE_DIR/munged.log" \
-        --seed-file="$MUNGE_DIR/munged.seed" 2>>"$MUNGE_DIR/munged.log" ||
+        --seed-file="$MUNGE_DIR/munged.seed" 2>>"$MUNGE_DIR/munged.log" 9>&- ||
         die "munged did not start; see $MUNGE_DIR/munged.log"
     wait_for 10 munged munge_ok || die "munged does not answer; see $MUNGE_DIR/munged.log"
     record munged
@@ -179,13 +181,13 @@ start_slurm() {
     if ! pid_alive "$SLURM_DIR/slurmctld.pid"; then
         write_slurm_conf
         # -i: a state folder from an earlier run of another version/config must not stop the controller.
-        SLURM_CONF=$SLURM_CONF_FILE slurmctld -i -f "$SLURM_CONF_FILE" ||
+        SLURM_CONF=$SLURM_CONF_FILE slurmctld -i -f "$SLURM_CONF_FILE" 9>&- ||
             die "slurmctld did not start; see $SLURM_DIR/slurmctld.log"
         wait_for 20 slurmctld pid_alive "$SLURM_DIR/slurmctld.pid" || die "slurmctld died; see $SLURM_DIR/slurmctld.log"
         record slurmctld
     fi
     if ! pid_alive "$SLURM_DIR/slurmd.pid"; then
-        SLURM_CONF=$SLURM_CONF_FILE slurmd -f "$SLURM_CONF_FILE" || die "slurmd did not start; see $SLURM_DIR/slurmd.log"
+        SLURM_CONF=$SLURM_CONF_FILE slurmd -f "$SLURM_CONF_FILE" 9>&- || die "slurmd did not start; see $SLURM_DIR/slurmd.log"
         record slurmd
     fi
     if ! wait_for 60 "the node" slurm_ok; then
@@ -220,7 +222,7 @@ start_postgres() {
         # listen on 127.0.0.1 only; the Unix socket in the state folder; room for many concurrent jobs.
         as_postgres "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 \
             -o "-c listen_addresses=$PG_HOST -p $PG_PORT -k $PG_DIR/socket -c max_connections=200" \
-            start >/dev/null || die "PostgreSQL did not start; see $PG_DIR/postgres.log"
+            start >/dev/null 9>&- || die "PostgreSQL did not start; see $PG_DIR/postgres.log"
         record postgres
     fi
     wait_for 30 PostgreSQL pg_ok || die "PostgreSQL does not answer; see $PG_DIR/postgres.log"
@@ -257,7 +259,7 @@ start_mlflow() {
     # The first start creates the schema in the mlflow database (migrations take a while). No job runner (the
     # server's background workers for GenAI features): a quicker start, fewer processes.
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$bin" server --backend-store-uri "$PG_MLFLOW_URL" --artifacts-destination "$MLFLOW_DIR/artifacts" \
-        --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 2 >"$MLFLOW_DIR/mlflow.log" 2>&1 </dev/null &
+        --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 2 >"$MLFLOW_DIR/mlflow.log" 2>&1 </dev/null 9>&- &
     echo $! >"$MLFLOW_DIR/mlflow.pid"
     record mlflow
     wait_for 180 "the MLflow server" mlflow_up ||
@@ -319,8 +321,32 @@ stop_pidfile() {  # stop_pidfile NAME FILE [group]: SIGTERM (to its process grou
     return 0
 }
 
+# Leases: test sessions (scripts/test.sh) that share the cluster. `start` with OLMO_CLUSTER_LEASE=<pid> takes
+# one; `stop` with it gives it back and stops the cluster only when no other live session holds one.
+live_leases() {
+    local f n=0
+    for f in "$STATE"/leases/*; do
+        [ -e "$f" ] || continue
+        if kill -0 "$(basename "$f")" 2>/dev/null; then n=$((n + 1)); else rm -f "$f"; fi
+    done
+    echo "$n"
+}
+
+lock() {  # one start/stop at a time (the daemons started are not given the lock's descriptor: 9>&-)
+    mkdir -p "$STATE"
+    exec 9>"$STATE/.lock"
+    flock -w 600 9 || die "another start/stop holds $STATE/.lock"
+}
+
 stop() {
     [ -d "$STATE" ] || { log "nothing to stop ($STATE does not exist)"; return 0; }
+    lock
+    if [ -n "${OLMO_CLUSTER_LEASE:-}" ]; then
+        rm -f "$STATE/leases/$OLMO_CLUSTER_LEASE"
+        local others
+        others=$(live_leases)
+        if [ "$others" != 0 ]; then log "still used by $others other test session(s): left running"; return 0; fi
+    fi
     touch "$STARTED"
     if grep -qx mlflow "$STARTED"; then
         # the server leads its own session (setsid): its uvicorn workers are in its process group
@@ -345,7 +371,7 @@ stop() {
 
 start() {
     [ "$(id -u)" = 0 ] || die "run as root: slurmd starts jobs as their user, packages come from apt-get"
-    mkdir -p "$STATE"
+    lock
     chmod 755 "$STATE"
     install_missing
     start_munge
@@ -353,6 +379,7 @@ start() {
     start_postgres
     start_mlflow
     write_env
+    if [ -n "${OLMO_CLUSTER_LEASE:-}" ]; then mkdir -p "$STATE/leases" && touch "$STATE/leases/$OLMO_CLUSTER_LEASE"; fi
     log "running; state in $STATE. To use it from a shell:  eval \"\$(bash scripts/local_cluster.sh env)\""
     cat "$STATE/env"
 }
@@ -362,5 +389,6 @@ case "${1:-}" in
     stop) stop ;;
     status) status ;;
     env) print_env ;;
+    in-use) [ -d "$STATE" ] && [ "$(live_leases)" != 0 ] ;;
     *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

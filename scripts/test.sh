@@ -13,9 +13,9 @@ VENV=${VENV:-.venv}
 
 # The tests marked `cluster` run on a one-node SLURM cluster, PostgreSQL and an MLflow server on this machine:
 # scripts/local_cluster.sh starts them (root only: it installs packages and runs slurmd) and, when nothing of it
-# ran before, stops what it started once the tests end, passed or failed. OLMO_TEST_CLUSTER=1 (the default under
-# CI=true or as root) starts it, and under CI a failure to start fails the run; 0 leaves it alone (the cluster
-# tests then skip unless a cluster runs).
+# ran before, stops what it started once the tests end, passed or failed (test sessions running at the same time
+# share it; the last one stops it). OLMO_TEST_CLUSTER=1 (the default under CI=true or as root) starts it, and
+# under CI a failure to start fails the run; 0 leaves it alone (the cluster tests then skip unless one runs).
 default_cluster=0
 if [ "${CI:-}" = true ] || [ "$(id -u)" = 0 ]; then default_cluster=1; fi
 if [ "${OLMO_TEST_CLUSTER:-$default_cluster}" = 1 ]; then
@@ -23,8 +23,12 @@ if [ "${OLMO_TEST_CLUSTER:-$default_cluster}" = 1 ]; then
     export OLMO_MLFLOW_BIN
     cluster_rc=0
     bash scripts/local_cluster.sh status >/dev/null 2>&1 || cluster_rc=$?
-    if [ "$cluster_rc" = 3 ]; then trap 'bash scripts/local_cluster.sh stop' EXIT; fi
-    if [ "$cluster_rc" != 0 ] && ! bash scripts/local_cluster.sh start >/dev/null; then
+    # Started here, or by another test session still running: share it (a lease); the last session stops it.
+    if [ "$cluster_rc" = 3 ] || bash scripts/local_cluster.sh in-use; then
+        export OLMO_CLUSTER_LEASE=$$
+        trap 'bash scripts/local_cluster.sh stop' EXIT
+    fi
+    if { [ "$cluster_rc" != 0 ] || [ -n "${OLMO_CLUSTER_LEASE:-}" ]; } && ! bash scripts/local_cluster.sh start >/dev/null; then
         [ "${CI:-}" = true ] && { echo "test.sh: the local cluster did not start" >&2; exit 1; }
         echo "test.sh: the local cluster did not start; the cluster tests will skip" >&2
     fi
