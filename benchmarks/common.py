@@ -7,7 +7,9 @@ and the log ``docs/benchmarks.md`` each script appends its section to.
 Why a process per case: each case gets its own allocator state, its own torch.compile caches (no recompile
 limits or dynamic-shape surprises from another case's shapes) and its own memory; the parent then asks the
 workers for one timed step each, round after round, rotating the order, so drift on a shared machine hits
-every case alike. Only ratios measured in the same run are meaningful.
+every case alike. Only ratios measured in the same run (the same group) are meaningful. A live worker holds
+about 1 GiB at the tiny preset, so scripts run their cases in groups of at most ~8 workers (``run_cases`` once
+per group), each group carrying its own baseline (and peak) cases to divide by.
 
 Clock: with one torch thread (the default: on a 2-core machine where other jobs run, one intra-op thread is
 faster and far steadier than two) steps are timed in process CPU seconds, which a busy neighbour does not
@@ -274,6 +276,8 @@ class Worker:
         self._stderr = self.stderr_path.open("w")
         env = {**os.environ, "OMP_NUM_THREADS": str(case.threads), "PYTHONUNBUFFERED": "1"}
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # Inductor compiles in-process instead of keeping a pool of compile workers alive per case (memory).
+        env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=env, cwd=ROOT,
@@ -282,16 +286,24 @@ class Worker:
 
     def send(self, message: Any) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(message) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps(message) + "\n")
+            self.proc.stdin.flush()
+        except OSError as e:  # the worker is gone
+            raise self._died() from e
+
+    def _died(self) -> RuntimeError:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=30)
+        tail = self.stderr_path.read_text()[-3000:]
+        hint = " (SIGKILL: out of memory? run fewer cases at once)" if self.proc.returncode == -9 else ""
+        return RuntimeError(f"worker {self.case.name!r} exited ({self.proc.returncode}){hint}:\n{tail}")
 
     def receive(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            self.proc.wait(timeout=30)
-            tail = self.stderr_path.read_text()[-3000:]
-            raise RuntimeError(f"worker {self.case.name!r} exited ({self.proc.returncode}):\n{tail}")
+            raise self._died()
         reply = json.loads(line)
         if "error" in reply:
             raise RuntimeError(f"worker {self.case.name!r} failed: {reply['error']}")
@@ -460,7 +472,7 @@ def _trainer_worker(case: Case, reply: Callable[[dict[str, Any]], None]) -> None
 
 def matmul_case(name: str, precision: str, size: int, threads: int = 1, seconds: float = 0.3) -> Case:
     """A peak-FLOP/s case: enough ``size``³ matmuls per timed call to take about ``seconds``."""
-    guess = {"fp32": 1e11, "bf16": 4e11}[precision] * threads
+    guess = {"fp32": 1e11, "bf16": 4e11}[precision]  # per thread; extra threads often add little on a shared box
     inner = max(1, round(seconds * guess / (2 * size**3)))
     return Case(name, kind="matmul", precision=precision, size=size, inner=inner, threads=threads,
                 flops=2.0 * size**3 * inner, warmup=2)
