@@ -60,6 +60,8 @@ class Cluster:
     pg_mlflow_url: str
     pg_optuna_url: str
     job_names: list[str] = field(default_factory=list)  # SLURM job names used by the tests (cancelled at the end)
+    drivers: list[subprocess.Popen] = field(default_factory=list)  # sweep processes (killed if a test leaves one)
+    background: list[subprocess.Popen] = field(default_factory=list)  # sweeps that outlive a test (module scope)
 
     def client(self) -> Any:
         from mlflow import MlflowClient
@@ -145,8 +147,31 @@ def cluster(data_cache: str) -> Iterator[Cluster]:
     c = Cluster(env, variables["OLMO_MLFLOW_SERVER"], variables["OLMO_PG_MLFLOW_URL"],
                 variables["OLMO_PG_OPTUNA_URL"])
     yield c
-    for name in c.job_names:  # nothing of these tests outlives them
+    for proc in c.drivers + c.background:  # nothing of these tests outlives them
+        _kill(proc)
+    for name in c.job_names:
         c.slurm("scancel", f"--name={name}", check=False)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def _no_driver_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that fails while its sweep runs leaves neither the sweep's driver waiting nor its jobs running."""
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    cluster = request.getfixturevalue("cluster")
+    drivers, names = len(cluster.drivers), len(cluster.job_names)
+    yield
+    for proc in cluster.drivers[drivers:]:
+        _kill(proc)
+    for name in cluster.job_names[names:]:
+        cluster.slurm("scancel", f"--name={name}", check=False)
 
 
 # ----- sweeps ----------------------------------------------------------------------------------------------------
@@ -196,6 +221,7 @@ def start_sweep(cluster: Cluster, tmp: Path, what: str, *overrides: str) -> Swee
            f"results_dir={results}", f"tracking.experiment={experiment}", *SMALL, *overrides]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=cluster.env, stdout=out, stderr=subprocess.STDOUT)
+    cluster.drivers.append(proc)
     return Sweep(proc, results, experiment, name, log)
 
 
@@ -376,6 +402,8 @@ def time_limited(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> 
     sweep = start_sweep(cluster, tmp_path_factory.mktemp("cluster"), "timelimit", "attention=mqa",
                         f"train.max_steps={TIMED_STEPS}", "train.checkpoint_interval=1", "hydra.launcher.timeout_min=1",
                         "hydra.launcher.signal_delay_s=1", "hydra.launcher.max_num_timeout=3")
+    cluster.drivers.remove(sweep.proc)  # it runs while other tests do
+    cluster.background.append(sweep.proc)
     t = TimeLimited(sweep)
     t.thread = threading.Thread(target=drive_time_limited, args=(cluster, t), daemon=True)
     t.thread.start()
