@@ -280,7 +280,8 @@ def test_a_study_on_two_workers_prunes_the_bad_region_and_resumes(tmp_path, resu
     trials = trials_of(plan.storage, plan.study)
     assert len(trials) == 8 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials), \
         [(t.number, t.state.name, t.user_attrs.get("error")) for t in trials]
-    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
+    # Both workers ran trials (a worker the driver replaced on a busy machine adds a third name).
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2
     for t in trials[:2]:
         assert t.state.name == "COMPLETE" and t.params["optim.lr"] == good
     for t in trials[2:4]:  # the learning rate of 10 is stopped at the first milestone past step 3 of 6
