@@ -35,6 +35,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     num = int(hc.job.num) if multirun else 0
     try:
         composed = to_configs(cfg, hc.runtime.cwd)
+        if composed.threads is not None:
+            import torch
+
+            torch.set_num_threads(composed.threads)
         tags = {k: str(choices[k]) for k in CHOICE_TAGS if choices.get(k) is not None}
         tags["launcher"] = launcher_name(choices)
         tags["overrides"] = " ".join(overrides)

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from olmo.config import ExperimentConfig
+from olmo.errors import bad_value
 from olmo.tracking import TrackingConfig
 
 # conf/hydra/launcher/submitit_{local,slurm}.yaml keep the plugin's option names on purpose (so
@@ -31,6 +32,7 @@ class RunConfig(ExperimentConfig):
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     results_dir: str = "results"  # checkpoints, Hydra outputs and logs, the default MLflow store
     force: bool = False  # rerun jobs that already FINISHED (from scratch)
+    threads: int | None = None  # torch intra-op threads per job process (None: torch's default, one per core)
 
 
 def _div(a: Any, b: Any) -> int:
@@ -63,6 +65,7 @@ class Composed:
     tracking: TrackingConfig
     results_dir: Path
     force: bool
+    threads: int | None = None
 
 
 def to_configs(cfg: DictConfig, cwd: str | Path | None = None) -> Composed:
@@ -81,4 +84,6 @@ def to_configs(cfg: DictConfig, cwd: str | Path | None = None) -> Composed:
     results = Path(run.results_dir).expanduser()
     if not results.is_absolute():
         results = Path(cwd or Path.cwd()) / results
-    return Composed(experiment, run.tracking, results, run.force)
+    if run.threads is not None and run.threads < 1:
+        raise bad_value("threads", run.threads, "None (torch's default) or a positive integer")
+    return Composed(experiment, run.tracking, results, run.force, run.threads)
