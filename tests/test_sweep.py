@@ -221,3 +221,4 @@ def test_every_option_of_every_config_group_composes_and_validates():
         default = to_configs(compose("config"), "/tmp")
         assert (default.experiment.model.d_model, default.experiment.train.max_steps) == (128, 300)
         assert default.experiment.data.source == "shakespeare" and default.tracking.enabled
+        assert default.threads == 1
