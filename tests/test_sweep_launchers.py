@@ -79,3 +79,55 @@ def test_torchrun_runs_one_job_as_2_fsdp_ranks(tmp_path, data_cache):
     assert "mlflow.parentRunId" not in r.data.tags  # a single run, no sweep
     assert r.info.status == "FINISHED"
     assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "train/flops")) == list(range(1, 7))
+
+
+def test_submitit_preemption_signal_checkpoints_stops_and_hands_over_to_submitit(tmp_path, data_cache, monkeypatch,
+                                                                                 one_torch_thread):
+    """submitit's USR2 (preemption / time limit) -> the trainer checkpoints after the step and stops; requeue()
+    then calls submitit's own handler (which resubmits the job through the launcher's checkpoint())."""
+    import signal
+
+    from mlflow import MlflowClient
+
+    from olmo.config import ExperimentConfig
+    from olmo.tracking import JobContext, TrackingConfig, checkpoint_run_id, run_tracked
+    from olmo.train import Callback
+    from sweeps.job import SubmititPreemption
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")  # as inside a submitit job (one task: RANK set already)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    handed_over = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: handed_over.append(signum))  # "submitit's"
+
+    class Preempt(Callback):
+        name = "preempt"
+
+        def on_step_end(self, trainer, metrics):
+            if trainer.state.step == 2:
+                os.kill(os.getpid(), signal.SIGUSR2)
+
+    cfg = ExperimentConfig.from_dict({
+        "model": dict(d_model=32, n_heads=4, n_layers=2, max_sequence_length=64, positional="rope"),
+        "data": dict(cache_dir=data_cache, tokenizer=dict(vocab_size=512)),
+        "train": dict(global_batch_size=4, seq_len=32, max_steps=6, eval_interval=None, eval_batches=1,
+                      peak_flops_per_second=1e11),
+    })
+    ctx = JobContext(tracking=TrackingConfig(system_metrics=False), results_dir=str(tmp_path))
+    try:
+        preemption = SubmititPreemption()
+        out = run_tracked(cfg, ctx, callbacks=[preemption, Preempt()])
+        assert out.status == "preempted" and out.steps == 3  # stopped at the end of the next step
+        assert preemption.signalled and handed_over == []
+        assert signal.getsignal(signal.SIGUSR2) is not preemption._handle  # submitit's handler is back
+        preemption.requeue()
+        assert handed_over == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert checkpoint_run_id(out.save_folder) == out.run_id
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = c.get_run(out.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "preempted"
+    again = run_tracked(cfg, ctx)  # the requeued job
+    assert (again.status, again.run_id, again.steps) == ("finished", out.run_id, 6)
+    assert sorted(m.step for m in c.get_metric_history(out.run_id, "train/loss")) == list(range(1, 7))
