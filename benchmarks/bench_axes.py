@@ -7,7 +7,7 @@ FLOPs per token (olmo.nn.flops) change with some axes (GQA/MQA narrow the K/V pr
 full MLP width, SwiGLU halves it); MFU divides by each variant's own FLOPs. The init axis (init_fn) changes only
 the starting weights, not the step, and is not timed; flash_attn needs a CUDA GPU.
 
-    python benchmarks/bench_axes.py                 # fp32 eager, ~5 min on 2 cores
+    python benchmarks/bench_axes.py                 # fp32 eager: ~5 min on 2 cores (bf16: ~2.5 min)
     python benchmarks/bench_axes.py --precision bf16
     python benchmarks/bench_axes.py --quick         # smoke test
 """

@@ -8,7 +8,7 @@ every callback. The bare loop takes the same step on the same model config witho
 loss, grad clipping (train.grad_clip = 1.0) and AdamW, on a batch already in memory. Overhead = trainer / bare
 - 1, for fp32 and bf16, eager and compiled (train.compile: each block compiled).
 
-    python benchmarks/bench_overhead.py          # ~6 min on 2 cores
+    python benchmarks/bench_overhead.py          # ~2 min idle, 7-9 min with other jobs on the 2 cores
     python benchmarks/bench_overhead.py --quick  # smoke test: tiny shapes, eager only
 """
 

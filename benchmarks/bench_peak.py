@@ -6,7 +6,7 @@ cases are timed in process CPU seconds, multi-thread cases in wall seconds (a bu
 noisy). The trainer's own estimate (olmo.train.peak.measure_peak_flops, what SpeedMonitor divides by when
 train.peak_flops_per_second is unset) is shown for comparison.
 
-    python benchmarks/bench_peak.py             # ~2 min on an idle machine; more when it is shared
+    python benchmarks/bench_peak.py             # ~1 min idle; much longer when the 2 cores are shared
     python benchmarks/bench_peak.py --quick     # smoke test
 """
 
