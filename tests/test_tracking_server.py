@@ -105,37 +105,43 @@ def test_a_sweep_logs_to_a_tracking_server(tmp_path, data_cache, mlflow_server):
 STEPS, KEYS = 150, 8
 
 
-def _writer(uri: str, experiment_id: str, index: int, start, queue) -> None:
+def _writer(uri: str, ready, index: int, start, queue) -> None:
     """One job's logging: STEPS optimizer steps of KEYS metrics each, a step every 2 ms (many small batches)."""
+    ready.wait(timeout=120)  # the store exists (created once by the "driver")
+    experiment_id = MlflowClient(uri).get_experiment_by_name("concurrency").experiment_id
     run = TrackedRun.start(uri, experiment_id, run_name=f"job{index}", tags={"job": str(index)},
                            cfg=TrackingConfig(system_metrics=False))
+    run.writer.min_interval = 0.02  # many small transactions competing for the file's write lock
     start.wait(timeout=240)  # every job is ready: they all log at the same time
     for step in range(1, STEPS + 1):
         run.log_metrics({f"m/{k}": step * 100 + k for k in range(KEYS)}, step)
         time.sleep(0.002)
     run.end("FINISHED")
-    queue.put((run.run_id, run.writer.errors))
+    queue.put((run.run_id, run.writer.errors, run.writer.retries))
 
 
 @pytest.mark.slow
 def test_8_jobs_writing_one_sqlite_store_at_once_lose_no_metric(tmp_path):
     uri = sqlite_uri(tmp_path / "mlflow.db")
-    experiment_id = prepare_store(uri, "concurrency")  # created once, before the jobs (as the driver does)
-    ctx = mp.get_context("spawn")
-    start, queue = ctx.Barrier(8), ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(uri, experiment_id, i, start, queue)) for i in range(8)]
+    # fork (torch and mlflow already imported) before this process opens the store, so no connection is shared
+    ctx = mp.get_context("fork")
+    ready, start, queue = ctx.Event(), ctx.Barrier(8), ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(uri, ready, i, start, queue)) for i in range(8)]
     for p in procs:
         p.start()
+    experiment_id = prepare_store(uri, "concurrency")  # created once, before the jobs use it (as the driver does)
+    ready.set()
     results = [queue.get(timeout=240) for _ in procs]
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
     c = MlflowClient(uri)
-    for run_id, errors in results:
+    print("log_batch retries per job:", [r for _, _, r in results])
+    for run_id, errors, _ in results:
         assert errors == []
         assert c.get_run(run_id).info.status == "FINISHED"
         for k in (0, KEYS - 1):
             history = c.get_metric_history(run_id, f"m/{k}")
             assert sorted((m.step, m.value) for m in history) == [(s, s * 100 + k) for s in range(1, STEPS + 1)]
     assert len(c.search_runs([experiment_id])) == 8
-    assert sum(len(c.get_metric_history(r, "m/1")) for r, _ in results) == 8 * STEPS
+    assert sum(len(c.get_metric_history(r, "m/1")) for r, _, _ in results) == 8 * STEPS

@@ -37,6 +37,7 @@ class MetricWriter:
         self.errors: list[str] = []  # batches given up on (after max_attempts)
         self.batches_written = 0
         self.metrics_written = 0
+        self.retries = 0  # failed log_batch attempts that were retried (a busy store)
         self.cpu_seconds = 0.0  # CPU time of this thread writing (the cost tracking adds beside the loop)
         self._pending: list[Any] = []
         self._submitted = 0
@@ -128,6 +129,7 @@ class MetricWriter:
                     log.error(msg)
                     self.errors.append(msg)
                     return
+                self.retries += 1
                 log.debug("log_batch attempt %d failed (%s); retrying in %.2fs", attempt, e, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
