@@ -18,8 +18,8 @@ from sweeps.schema import to_configs
 
 log = logging.getLogger(__name__)
 
-# Hydra choices recorded as tags (the axes themselves are tagged from the model config: what was trained).
 EXIT_PREEMPTED = 128 + 15  # as if killed by SIGTERM
+# Hydra choices recorded as tags (the axes themselves are tagged from the model config: what was trained).
 CHOICE_TAGS = ("model", "data", "optim", "scheduler", "train", "distributed", "sweep")
 
 
