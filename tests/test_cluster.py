@@ -348,8 +348,13 @@ def job_state(cluster: Cluster, job_id: str) -> tuple[str, str]:
 
 
 def start_requeued_now(cluster: Cluster, job_id: str, *extra: str) -> None:
-    """A requeued job waits (slurm.conf AuthInfo cred_expire) before it may start again; let it start now."""
+    """A requeued job waits (slurm.conf AuthInfo cred_expire) before it may start again; let it start sooner.
+
+    slurmd revokes the job's credentials when it is requeued and refuses a credential created in the same second
+    or before ("Job credential revoked": the attempt fails at once); two seconds later a new one is accepted.
+    """
     wait_until(f"job {job_id} to be requeued", lambda: job_state(cluster, job_id)[0] == "PENDING", 120)
+    time.sleep(2)
     cluster.slurm("scontrol", "update", f"jobid={job_id}", "starttime=now", *extra)
 
 
