@@ -3,7 +3,8 @@
     python -m analysis.compare --sweep <sweep id> --baseline pos=rope
 
 With no ``--experiment``/``--sweep``/``--parent-run`` it compares the latest sweep in the store. The store is
-``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///results/mlflow.db``.
+``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///results/mlflow.db``. Runs in the report link to
+the MLflow UI at ``--mlflow-url``, else ``$OLMO_MLFLOW_UI_URL``, else ``http://127.0.0.1:5000`` (``mlflow ui``'s).
 """
 
 from __future__ import annotations
@@ -199,9 +200,10 @@ def compare_sweep(
 ) -> tuple[Comparison, dict[str, str]]:
     """Load, analyse, write the report into ``out_dir`` (default ``results/analysis/<target>``, ``results`` being
     ``$OLMO_SWEEPS_RESULTS`` when set) and log it on the
-    sweep's parent run. Returns the comparison and name -> path (``html``, ``markdown``, CSVs, figures,
-    ``artifact_uri`` when logged)."""
-    from analysis.report import log_report, write_report
+    sweep's parent run. ``ui_url``: the MLflow UI the report links to (None: ``$OLMO_MLFLOW_UI_URL``, else
+    ``http://127.0.0.1:5000``; "": no links). Returns the comparison and name -> path (``html``, ``markdown``, CSVs,
+    figures, ``artifact_uri`` when logged)."""
+    from analysis.report import log_report, resolve_ui_url, write_report
 
     keys = [names.TRAIN_LOSS, names.EVAL_LOSS] + ([metric] if metric != AUTO else [])
     sweep = load_sweep(tracking_uri, experiment=experiment, sweep_id=sweep_id, parent_run_id=parent_run_id,
@@ -212,7 +214,7 @@ def compare_sweep(
                    alpha=alpha)
     out_dir = out_dir or os.path.join(os.environ.get(names.RESULTS_DIR_ENV) or "results", "analysis",
                                       _slug(sweep.target))
-    paths = write_report(comp, out_dir, ui_url)
+    paths = write_report(comp, out_dir, resolve_ui_url(ui_url))
     if log_artifact:
         uri = log_report(comp, out_dir)
         if uri:
@@ -238,6 +240,8 @@ def summary_text(comp: Comparison) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from analysis.report import DEFAULT_UI_URL, UI_URL_ENV
+
     p = argparse.ArgumentParser(
         prog="python -m analysis.compare",
         description="Compare the variants of a sweep at equal FLOPs: tables, statistics, figures, an HTML/Markdown "
@@ -259,7 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(default 0.9; 0 = none)")
     p.add_argument("--out", dest="out_dir", help="output folder (default: results/analysis/<target>, results being "
                                                  f"${names.RESULTS_DIR_ENV} when set)")
-    p.add_argument("--ui-url", help="MLflow UI base URL, e.g. http://localhost:5000, to link each run")
+    # --ui-url: the option's earlier name, still accepted.
+    p.add_argument("--mlflow-url", "--ui-url", dest="ui_url", metavar="URL",
+                   help="MLflow UI base URL the report links each run and variant to (default: "
+                        f"${UI_URL_ENV}, else {DEFAULT_UI_URL}, where `mlflow ui` listens; '' for no links)")
     p.add_argument("--axes", help="comma-separated axis tags (default: known axis tags present)")
     p.add_argument("--grid-points", type=int, default=256, help="points of the common log FLOP grid (default 256)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the t-tests (default 0.05)")

@@ -107,7 +107,8 @@ def plot_main_effects(comp: Comparison) -> Figure | None:
     if not axes_names:
         return None
     mm = comp.marginal_means
-    fig, axs = plt.subplots(1, len(axes_names), figsize=(3.2 * len(axes_names) + 0.8, 3.6), sharey=True,
+    # At least as wide as the suptitle: with one axis a 4-inch figure cut the title off at both ends.
+    fig, axs = plt.subplots(1, len(axes_names), figsize=(max(3.2 * len(axes_names) + 0.8, 6.4), 3.6), sharey=True,
                             layout="constrained", squeeze=False)
     for ax, axis in zip(axs[0], axes_names, strict=True):
         part = mm[mm["axis"] == axis]

@@ -8,6 +8,8 @@ import datetime as _dt
 import html
 import math
 import os
+import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,12 +26,39 @@ if TYPE_CHECKING:
 Link = tuple[str, str | None]  # (text, url or None)
 Cell = str | list[Link]
 
+# Where `mlflow ui` listens unless told otherwise; the environment variable points reports at another UI.
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+UI_URL_ENV = "OLMO_MLFLOW_UI_URL"
+
+
+def resolve_ui_url(ui_url: str | None = None) -> str:
+    """The MLflow UI base URL the report links to: ``ui_url`` when given ("" = no links), else ``$OLMO_MLFLOW_UI_URL``,
+    else MLflow's default ``http://127.0.0.1:5000``."""
+    if ui_url is not None:
+        return ui_url
+    return os.environ.get(UI_URL_ENV) or DEFAULT_UI_URL
+
 
 def run_url(ui_url: str | None, experiment_id: str, run_id: str) -> str | None:
     """``<ui>/#/experiments/<exp id>/runs/<run id>``, or None without a UI base URL."""
     if not ui_url:
         return None
     return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def experiment_url(ui_url: str | None, experiment_id: str, search_filter: str | None = None) -> str | None:
+    """The experiment's runs page ``<ui>/#/experiments/<exp id>/runs``, narrowed by an MLflow search filter (the UI
+    reads ``searchFilter`` from the URL); None without a UI base URL."""
+    if not ui_url:
+        return None
+    url = f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    # Percent-encode the filter: its spaces and quotes would otherwise end a Markdown link.
+    return f"{url}?searchFilter={urllib.parse.quote(search_filter, safe='')}" if search_filter else url
+
+
+def runs_filter(run_ids: Sequence[str]) -> str:
+    """An MLflow search filter matching exactly these runs."""
+    return "attributes.run_id IN (" + ", ".join(f"'{r}'" for r in run_ids) + ")"
 
 
 def fmt_loss(x: float) -> str:
@@ -194,6 +223,20 @@ def _run_links(comp: Comparison, variant: str, ui_url: str | None) -> list[Link]
     return links
 
 
+def _experiments(run_ids: Sequence[str], comp: Comparison) -> list[str]:
+    """The experiments these runs are in, most runs first (a sweep may span several)."""
+    counts = comp.sweep.runs.loc[list(run_ids), "experiment_id"].astype(str).value_counts(sort=True)
+    return list(counts.index) or list(comp.sweep.experiment_ids[:1])
+
+
+def _variant_link(comp: Comparison, variant: str, ui_url: str | None) -> list[Link]:
+    """The variant's name, linked to its experiment's runs page showing only the variant's runs (its seeds side by
+    side in MLflow's charts)."""
+    runs = comp.sweep.runs
+    members = [str(r) for r in runs.index[runs["variant"] == variant] if r in comp.per_run.index]
+    return [(variant, experiment_url(ui_url, _experiments(members, comp)[0], runs_filter(members)))]
+
+
 def _range(values: pd.Series) -> str:
     lo, hi = int(values.min()), int(values.max())
     return str(lo) if lo == hi else f"{lo}–{hi}"
@@ -205,11 +248,21 @@ def build_doc(comp: Comparison, ui_url: str | None = None) -> Doc:
     base = summary.loc[comp.baseline]
     doc = Doc(title=f"Sweep comparison: {sweep.target}")
     smoothing = f", smoothed with an EMA of {comp.curves.ema:g} over steps" if comp.curves.ema else ""
-    parent_link = run_url(ui_url, sweep.experiment_ids[0], sweep.parent_run_id) if sweep.parent_run_id else None
+    # Experiments of the compared runs: a sweep looked up by id alone is searched for in every experiment.
+    run_ids = [str(r) for r in comp.per_run.index]
+    experiments = _experiments(run_ids, comp)
+    parent_link = run_url(ui_url, experiments[0], sweep.parent_run_id) if sweep.parent_run_id else None
+    # The sweep's runs in MLflow: by its tag when known (failed and dropped runs included), else exactly these runs.
+    in_mlflow = (f"tags.`{names.TAG_SWEEP_ID}` = '{sweep.sweep_id}'" if sweep.sweep_id and len(experiments) == 1
+                 else runs_filter(run_ids))
+    variant_links = {v: _variant_link(comp, v, ui_url) for v in summary.index}
     seeds = summary["n"]
     doc.items([
         ("Store:", sweep.tracking_uri),
-        ("Experiment ids:", ", ".join(sweep.experiment_ids)),
+        ("MLflow UI:", [(ui_url, ui_url)] if ui_url else "— (no UI URL: pass --mlflow-url)"),
+        ("Experiment ids:", [(e, experiment_url(ui_url, e)) for e in experiments]),
+        ("Runs in MLflow:", [("this sweep's runs" if in_mlflow.startswith("tags.") else "these runs",
+                              experiment_url(ui_url, experiments[0], in_mlflow))] if ui_url else "—"),
         ("Parent run:", [(sweep.parent_run_id or "—", parent_link)]),
         ("Runs:", f"{len(comp.curves.raw)} in {len(summary)} variants, {_range(seeds)} seeds each"
          + (f" ({len(comp.curves.skipped)} skipped: too few points)" if comp.curves.skipped else "")),
@@ -238,7 +291,8 @@ def build_doc(comp: Comparison, ui_url: str | None = None) -> Doc:
     doc.table(Table(
         ["rank", "variant", "runs (by seed)", "seeds", "loss (mean)", "95% CI", "Δ vs baseline", "multiplier",
          "p (Welch)", "p (Holm)", "verdict"],
-        [[str(row["rank"]), variant, _run_links(comp, variant, ui_url), str(row["n"]), fmt_loss(row["mean"]),
+        [[str(row["rank"]), variant_links[variant], _run_links(comp, variant, ui_url), str(row["n"]),
+          fmt_loss(row["mean"]),
           f"{fmt_loss(row['ci_low'])} – {fmt_loss(row['ci_high'])}" if math.isfinite(row["ci_low"]) else "—",
           fmt_delta(row["diff"], base["mean"]), fmt_mult(row["multiplier"], row["flag"]), fmt_p(row["p_value"]),
           fmt_p(row["p_holm"]), row["verdict"]] for variant, row in summary.iterrows()],
@@ -250,7 +304,8 @@ def build_doc(comp: Comparison, ui_url: str | None = None) -> Doc:
     doc.p("Mean over seeds; — where a seed of that variant did not reach the budget (no extrapolation).")
     order = list(summary.index)
     doc.table(Table(["variant"] + [fmt_flops(b) for b in comp.budgets],
-                    [[v] + [fmt_loss(comp.loss_at_budgets.loc[v, b]) for b in comp.budgets] for v in order]))
+                    [[variant_links[v]] + [fmt_loss(comp.loss_at_budgets.loc[v, b]) for b in comp.budgets]
+                     for v in order]))
 
     doc.h2("Compute multipliers")
     doc.p(f"The FLOPs the baseline {comp.baseline} needs to reach a variant's loss, divided by the variant's FLOPs: "
@@ -259,8 +314,8 @@ def build_doc(comp: Comparison, ui_url: str | None = None) -> Doc:
           "baseline's loss at that budget. '>' marks a lower bound, '<' an upper bound (neither curve reached the "
           "other's loss).")
     doc.table(Table(["variant"] + [fmt_flops(b) for b in comp.budgets],
-                    [[v] + [fmt_mult(comp.multipliers.loc[v, b], comp.multiplier_flags.loc[v, b])
-                            for b in comp.budgets] for v in order]))
+                    [[variant_links[v]] + [fmt_mult(comp.multipliers.loc[v, b], comp.multiplier_flags.loc[v, b])
+                                           for b in comp.budgets] for v in order]))
     doc.figure("multipliers", f"Compute multiplier against {comp.baseline} at the shared budget.")
 
     if sweep.axes:
@@ -296,7 +351,8 @@ def build_doc(comp: Comparison, ui_url: str | None = None) -> Doc:
         f, loss = comp.curves.raw[run_id]
         rows.append([[(str(runs.loc[run_id, "run_name"]),
                        run_url(ui_url, str(runs.loc[run_id, "experiment_id"]), str(run_id)))],
-                     str(runs.loc[run_id, "variant"]), str(runs.loc[run_id, "seed"]), str(runs.loc[run_id, "status"]),
+                     variant_links[runs.loc[run_id, "variant"]], str(runs.loc[run_id, "seed"]),
+                     str(runs.loc[run_id, "status"]),
                      fmt_flops(f[-1]), fmt_loss(loss[-1]), fmt_loss(comp.per_run.loc[run_id, comp.shared_budget])])
     doc.table(Table(["run", "variant", "seed", "status", "FLOPs reached", "last loss", "loss at shared budget"], rows))
 

@@ -38,16 +38,28 @@ def require_chromium() -> None:
 
 
 @contextlib.contextmanager
-def chromium_page() -> Iterator[object]:
-    """A fresh page of a headless Chromium (Playwright's ``Page``)."""
+def chromium_page(viewport: dict[str, int] | None = None) -> Iterator[object]:
+    """A fresh page of a headless Chromium (Playwright's ``Page``), ``VIEWPORT`` unless given."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            yield browser.new_page(viewport=VIEWPORT)
+            yield browser.new_page(viewport=viewport or VIEWPORT)
         finally:
             browser.close()
+
+
+def broken_images(page: object) -> list[str]:
+    """What a loaded page shows as a broken figure: each ``<img>`` without pixels (missing file, bad data URL) and
+    each inline ``<svg>`` of zero size, by its alt text / source."""
+    return page.evaluate("""() => [
+        ...[...document.images].filter(i => !i.complete || i.naturalWidth === 0 || i.naturalHeight === 0)
+            .map(i => `img ${i.alt || i.src.slice(0, 80)}`),
+        ...[...document.querySelectorAll('svg')].filter(s => {
+            const r = s.getBoundingClientRect(); return r.width === 0 || r.height === 0;
+        }).map(s => `svg ${s.id || s.outerHTML.slice(0, 80)}`),
+    ]""")
 
 
 def free_port() -> int:
