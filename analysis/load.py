@@ -190,7 +190,9 @@ def _find_runs(client, uri: str, experiment, sweep_id, parent_run_id, sweep_tag:
             raise bad_value("parent_run", parent_run_id, "the run id of a sweep's parent run",
                             "is not a run in the store") from None
         exp_ids = [parent.info.experiment_id]
-        runs = _search(client, exp_ids, _tag_filter(names.TAG_PARENT_RUN_ID, parent_run_id))
+        runs = []
+        for tag in names.SWEEP_RUN_TAGS:
+            runs = runs or _search(client, exp_ids, _tag_filter(tag, parent_run_id))
         if not runs:
             raise bad_value("parent_run", parent_run_id, "the parent run of a sweep (one with child runs)",
                             "has no child runs")
@@ -204,7 +206,7 @@ def _find_runs(client, uri: str, experiment, sweep_id, parent_run_id, sweep_tag:
             known = sorted({r.data.tags[sweep_tag] for r in _search(client, exp_ids, max_runs=5000)
                             if sweep_tag in r.data.tags})
             raise bad_value("sweep", sweep_id, known, "is not in the store")
-        parents = {r.data.tags.get(names.TAG_PARENT_RUN_ID) for r in runs} - {None}
+        parents = {names.sweep_run_of(r.data.tags) for r in runs} - {None}
         parent = next(iter(parents)) if len(parents) == 1 else None
         return runs, exp_ids, parent, sweep_id, f"sweep {sweep_id}"
 
@@ -213,16 +215,18 @@ def _find_runs(client, uri: str, experiment, sweep_id, parent_run_id, sweep_tag:
         if not runs:
             raise bad_value("experiment", experiment, "an experiment with logged runs", "has no runs")
         exp = client.get_experiment(exp_ids[0])
-        parents = {r.data.tags.get(names.TAG_PARENT_RUN_ID) for r in runs} - {None}
+        parents = {names.sweep_run_of(r.data.tags) for r in runs} - {None}
         parent = next(iter(parents)) if len(parents) == 1 else None
         return runs, exp_ids, parent, None, f"experiment {exp.name}"
 
-    # No target: the latest sweep, i.e. the parent of the most recently started child run.
-    latest = _search(client, exp_ids, f"tags.`{names.TAG_PARENT_RUN_ID}` LIKE '%'", ["attributes.start_time DESC"], 1)
+    # No target: the latest sweep, i.e. the sweep run of the most recently started job run.
+    latest = [r for tag in names.SWEEP_RUN_TAGS
+              for r in _search(client, exp_ids, f"tags.`{tag}` LIKE '%'", ["attributes.start_time DESC"], 1)]
     if not latest:
         raise bad_value("target", None, "--experiment, --sweep or --parent-run (the store holds no sweep)",
                         "is missing")
-    return _find_runs(client, uri, None, None, latest[0].data.tags[names.TAG_PARENT_RUN_ID], sweep_tag)
+    newest = max(latest, key=lambda r: r.info.start_time)
+    return _find_runs(client, uri, None, None, names.sweep_run_of(newest.data.tags), sweep_tag)
 
 
 # ----------------------------------------------------------------------------------------------------- metrics
@@ -402,7 +406,7 @@ def _runs_frame(runs: list[Any], axes: Sequence[str] | None, seed_key: str | Non
             "status": r.info.status,
             "start_time": r.info.start_time,
             "end_time": r.info.end_time,
-            "parent_run_id": tags.get(names.TAG_PARENT_RUN_ID),
+            "parent_run_id": names.sweep_run_of(tags),
             "sweep_id": tags.get(sweep_tag),
             "seed": _seed(tags, params, seed_key),
         }
@@ -456,7 +460,7 @@ def load_sweep(
     _check_store_exists(uri)
     client = _client(uri)
     runs, exp_ids, parent, sweep, target = _find_runs(client, uri, experiment, sweep_id, parent_run_id, sweep_tag)
-    parents = {r.data.tags.get(names.TAG_PARENT_RUN_ID) for r in runs}
+    parents = {names.sweep_run_of(r.data.tags) for r in runs}
     runs = [r for r in runs if r.info.run_id not in parents]
     if statuses:
         allowed = {s.upper() for s in statuses}

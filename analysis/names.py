@@ -13,12 +13,17 @@ TRAIN_TOKENS = "train/tokens"
 EVAL_LOSS = "eval/loss"
 EVAL_PERPLEXITY = "eval/perplexity"
 
-# Tags on each child run (one child per job) and on the sweep's parent run.
+# Tags on each job's run and on the sweep's own run ("parent run": it holds the summary and the report).
 TAG_SWEEP_ID = "sweep_id"
 TAG_SEED = "seed"
 TAG_CONFIG_HASH = "config_hash"
 TAG_GIT_COMMIT = "git_commit"
-TAG_PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own nested-run tag
+# A job's run names its sweep's run with this tag. Job runs are not nested under the sweep's run (MLflow's UI hides
+# nested runs until their parent is expanded, charts included); stores written before that use MLflow's nested-run
+# tag, which is still read.
+TAG_SWEEP_RUN_ID = "sweep_run_id"
+TAG_PARENT_RUN_ID = "mlflow.parentRunId"
+SWEEP_RUN_TAGS: tuple[str, ...] = (TAG_SWEEP_RUN_ID, TAG_PARENT_RUN_ID)
 TAG_RUN_NAME = "mlflow.runName"
 
 # Axis tags: one tag per ablation axis, valued by the registry name (e.g. pos=rope). Tags named AXIS_TAG_PREFIX + axis
@@ -44,3 +49,8 @@ RESULTS_DIR_ENV = "OLMO_SWEEPS_RESULTS"  # run.py's results_dir when set
 
 # Where the report goes on the sweep's parent run.
 ARTIFACT_PATH = "analysis"
+
+
+def sweep_run_of(tags: dict[str, str]) -> str | None:
+    """The id of the sweep's run that a job's run belongs to (None for a run outside a sweep)."""
+    return next((tags[t] for t in SWEEP_RUN_TAGS if tags.get(t)), None)

@@ -2,8 +2,8 @@
 
 Each run's loss is ``a + b * flops**-alpha + offset`` (a power law in compute, plus a per-seed offset), the train loss
 adds Gaussian noise per step; so every answer of the analysis (loss at a budget, compute multiplier, main effects,
-verdicts) is known exactly. Runs follow the tracking conventions: one parent run per sweep, one child per job, axis,
-seed and sweep-id tags, ``train/flops`` and ``train/tokens`` at the step of every loss.
+verdicts) is known exactly. Runs follow the tracking conventions: one sweep run per sweep, one run per job naming it;
+axis, seed and sweep-id tags; ``train/flops`` and ``train/tokens`` at the step of every loss.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def log_sweep(tracking_uri: str, experiment: str, runs: Sequence[SynthRun], swee
         tags = {names.TAG_SWEEP_ID: sweep_id, names.TAG_CONFIG_HASH: f"{abs(hash((*run.tags.items(), run.seed))):x}",
                 **run.tags}
         if parent_id:
-            tags[names.TAG_PARENT_RUN_ID] = parent_id
+            tags[names.TAG_SWEEP_RUN_ID] = parent_id
         name = run.name or "-".join([*run.tags.values(), f"s{run.seed}"])
         run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
         metrics = _metrics(run, np.random.default_rng(1000 + i), t0)

@@ -30,6 +30,8 @@ from olmo.config import ExperimentConfig
 from olmo.errors import OLMoConfigurationError
 from olmo.tracking import config_hash, git_commit, prepare_store, resolve_tracking_uri
 from olmo.tracking.store import client, finished_run
+from olmo.tracking.ui import save_sweep_view, sweep_url, view_key
+from olmo.tracking.ui_server import dashboard_url
 from sweeps.schema import Composed, to_configs
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,8 @@ class SweepInfo:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     tracking_uri: str | None = None
     experiment_id: str | None = None
-    parent_run_id: str | None = None
+    parent_run_id: str | None = None  # the sweep's own run
+    group_seeds: bool = False  # the sweep runs several seeds of each variant
 
     def write(self, sweep_dir: Path) -> None:
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -253,9 +256,24 @@ def _multirun_start(config: DictConfig) -> None:
         run = c.create_run(experiment_id, run_name=f"sweep {preset or ''} {info.sweep_id}".replace("  ", " "),
                            tags=tags)
         info.tracking_uri, info.experiment_id, info.parent_run_id = uri, experiment_id, run.info.run_id
-        log.info("sweep %s: %d jobs (%d already finished, skipped unless force=true); MLflow parent run %s in %s",
+        info.group_seeds = SEED_KEY in swept
+        save_sweep_view(c, experiment_id, info.sweep_id, group_seeds=info.group_seeds)
+        log.info("sweep %s: %d jobs (%d already finished, skipped unless force=true); MLflow sweep run %s in %s",
                  info.sweep_id, len(jobs), done, run.info.run_id, uri)
+        print(dashboard_hint(info), flush=True)
     info.write(sweep_dir)
+
+
+def dashboard_command(info: SweepInfo) -> str:
+    store = f" --tracking-uri {info.tracking_uri}" if info.tracking_uri else ""
+    return f"python -m analysis.dashboard --sweep {info.sweep_id}{store}"
+
+
+def dashboard_hint(info: SweepInfo) -> str:
+    """Where to watch the sweep: the URL of its runs in chart view (on ``mlflow ui``'s default address) and the
+    command that starts the UI on this store (or finds the one running) and opens that URL."""
+    url = sweep_url(dashboard_url(info.tracking_uri), str(info.experiment_id), view_key(info.sweep_id))
+    return f"dashboard: {dashboard_command(info)}\n  then open {url}"
 
 
 def launcher_name(choices: Any) -> str:
@@ -272,8 +290,24 @@ def _name(overrides: list[str], swept: list[str]) -> str:
     return " ".join(picked) or "defaults"
 
 
-def run_name(overrides: list[str], swept: list[str]) -> str:
-    return _name(overrides, swept)
+SEED_KEY = "train.seed"
+
+
+def variant_name(overrides: list[str], swept: list[str]) -> str:
+    """What tells a job's config apart, from its values, without the seed: ``gqa-rope`` for
+    ``attention=gqa pos=rope``; a dotted key keeps its last part (``optim.lr=0.001`` -> ``lr=0.001``)."""
+    parts = []
+    for o in _name(overrides, swept).split():
+        key, _, value = o.lstrip("+~").partition("=")
+        if key == SEED_KEY or not value:
+            continue
+        parts.append(f"{key.rsplit('.', 1)[1]}={value}" if "." in key else value.replace("/", "-"))
+    return "-".join(parts) or "default"
+
+
+def run_name(overrides: list[str], swept: list[str], seed: int) -> str:
+    """The MLflow run name: the variant and the seed, e.g. ``gqa-rope-s1``."""
+    return f"{variant_name(overrides, swept)}-s{seed}"
 
 
 def _multirun_end(config: DictConfig) -> None:
@@ -304,10 +338,14 @@ def _multirun_end(config: DictConfig) -> None:
     head = f"sweep {info.sweep_id}: {len(info.jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
     where = f"results: {sweep_dir}"
     if info.tracking_uri:
-        where += f"\nMLflow: parent run {info.parent_run_id}; open with: mlflow ui --backend-store-uri " \
-                 f"{info.tracking_uri}"
+        where += f"\nMLflow: sweep run {info.parent_run_id} in {info.tracking_uri}\n{dashboard_hint(info)}"
     summary = "\n".join([head, *lines, where])
     (sweep_dir / "summary.txt").write_text(summary + "\n")
+    if info.parent_run_id and info.tracking_uri and info.experiment_id:
+        c = client(info.tracking_uri)
+        run_ids = [o["run_id"] for o in outcomes.values() if o.get("run_id")]
+        if len(run_ids) == len(info.jobs):  # exactly the sweep's runs, those of skipped jobs included
+            save_sweep_view(c, info.experiment_id, info.sweep_id, run_ids, group_seeds=info.group_seeds)
     print(summary, flush=True)
     if info.parent_run_id and info.tracking_uri:
         c = client(info.tracking_uri)

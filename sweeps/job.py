@@ -12,8 +12,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from olmo.tracking import JobContext, JobOutcome, run_tracked
+from olmo.tracking.ui import TAG_RUN_COLOR, TAG_VARIANT, job_color
 from olmo.train.callbacks import Callback
-from sweeps.driver import JOB_FILE, SweepInfo, launcher_name, run_name
+from sweeps.driver import JOB_FILE, SweepInfo, launcher_name, run_name, variant_name
 from sweeps.schema import to_configs
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         tags = {k: str(choices[k]) for k in CHOICE_TAGS if choices.get(k) is not None}
         tags["launcher"] = launcher_name(choices)
         tags["overrides"] = " ".join(overrides)
+        swept = info.swept_keys if info else []
+        tags[TAG_VARIANT] = variant_name(overrides, swept)
+        if multirun:
+            tags[TAG_RUN_COLOR] = job_color(num)
         ctx = JobContext(
             tracking=composed.tracking,
             results_dir=str(composed.results_dir),
@@ -49,7 +54,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             experiment_id=info.experiment_id if info else None,
             parent_run_id=info.parent_run_id if info else None,
             sweep_id=info.sweep_id if info else None,
-            run_name=run_name(overrides, info.swept_keys if info else []),
+            run_name=run_name(overrides, swept, composed.experiment.train.seed),
             tags=tags,
             resolved_config=OmegaConf.to_yaml(cfg, resolve=True),
             force=composed.force,

@@ -232,13 +232,13 @@ def job_runs(cluster: Cluster, experiment: str) -> list[Any]:
     if exp is None:
         return []
     runs = c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000)
-    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return [r for r in runs if "sweep_run_id" in r.data.tags]
 
 
 def parent_run(cluster: Cluster, experiment: str) -> Any:
     c = cluster.client()
     exp = c.get_experiment_by_name(experiment)
-    return next(r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
+    return next(r for r in c.search_runs([exp.experiment_id]) if "sweep_run_id" not in r.data.tags)
 
 
 def history(cluster: Cluster, run_id: str, key: str = "train/loss") -> list[tuple[int, float]]:

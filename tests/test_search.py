@@ -56,7 +56,7 @@ def mlflow_children(results: Path, parent: str):
 
     c = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     exp = c.get_experiment_by_name("olmo-sweeps")
-    return c, c.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+    return c, c.search_runs([exp.experiment_id], filter_string=f"tags.sweep_run_id = '{parent}'",
                             max_results=1000)
 
 

@@ -35,11 +35,13 @@ def store(tmp_path: Path) -> MlflowClient:
 
 
 def runs_of(client: MlflowClient) -> tuple[list, list]:
-    """(parent runs, child runs) of the default experiment."""
+    """(sweep runs, job runs) of the default experiment: job runs name their sweep's run in a tag, and are not
+    nested under it (MLflow's UI would hide them until the sweep's run is expanded)."""
     exp = client.get_experiment_by_name("olmo-sweeps")
     runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert not any("mlflow.parentRunId" in r.data.tags for r in runs)
+    parents = [r for r in runs if "sweep_run_id" not in r.data.tags]
+    children = [r for r in runs if "sweep_run_id" in r.data.tags]
     return parents, children
 
 
@@ -56,7 +58,7 @@ def test_a_2x2_grid_gives_4_finished_children_of_one_parent_and_a_rerun_skips_th
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["n_jobs"] == "4"
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert {r.data.tags["sweep_run_id"] for r in children} == {parent.info.run_id}
     assert {(r.data.tags["attention"], r.data.tags["pos"]) for r in children} == {
         ("gqa", "rope"), ("gqa", "alibi"), ("mqa", "rope"), ("mqa", "alibi")}
     assert len({r.data.tags["config_hash"] for r in children}) == 4
@@ -66,7 +68,8 @@ def test_a_2x2_grid_gives_4_finished_children_of_one_parent_and_a_rerun_skips_th
         assert t["sweep_id"] == parent.data.tags["sweep_id"]
         assert (t["model"], t["train"], t["launcher"], t["world_size"], t["norm"]) == (
             "tiny", "smoke", "basic", "1", "layernorm")
-        assert t["git_commit"] and r.info.run_name == f"attention={t['attention']} pos={t['pos']}"
+        assert t["git_commit"] and r.info.run_name == f"{t['attention']}-{t['pos']}-s{p['train.seed']}"
+        assert t["variant"] == f"{t['attention']}-{t['pos']}"
         assert p["model.n_kv_heads"] == {"gqa": "2", "mqa": "1"}[t["attention"]]
         assert p["model.positional"] == t["pos"] and p["model.d_model"] == "128"
         assert p["data.tokenizer.vocab_size"] == "512" and p["train.max_steps"] == "6"

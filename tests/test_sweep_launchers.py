@@ -50,7 +50,7 @@ def test_submitit_local_runs_the_jobs_of_a_sweep_in_parallel(tmp_path, data_cach
     assert all(r.info.status == "FINISHED" for r in runs)
     a, b = sorted(runs, key=lambda r: r.info.start_time)
     assert b.info.start_time < a.info.end_time  # the two jobs overlapped: separate processes at once
-    assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1
+    assert len({r.data.tags["sweep_run_id"] for r in runs}) == 1
 
 
 @pytest.mark.slow
@@ -76,7 +76,7 @@ def test_torchrun_runs_one_job_as_2_fsdp_ranks(tmp_path, data_cache):
     assert len(runs) == 1  # rank 1 logged nothing
     r = runs[0]
     assert (r.data.tags["launcher"], r.data.tags["world_size"], r.data.tags["pos"]) == ("torchrun", "2", "alibi")
-    assert "mlflow.parentRunId" not in r.data.tags  # a single run, no sweep
+    assert "sweep_run_id" not in r.data.tags and "mlflow.parentRunId" not in r.data.tags  # a single run, no sweep
     assert r.info.status == "FINISHED"
     assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "train/flops")) == list(range(1, 7))
 

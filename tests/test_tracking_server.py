@@ -89,8 +89,8 @@ def test_a_sweep_logs_to_a_tracking_server(tmp_path, data_cache, mlflow_server):
     c = MlflowClient(mlflow_server)
     exp = c.get_experiment_by_name("olmo-sweeps")
     runs = c.search_runs([exp.experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "sweep_run_id" in r.data.tags]
+    parents = [r for r in runs if "sweep_run_id" not in r.data.tags]
     assert len(parents) == 1 and len(children) == 2
     assert {r.data.tags["pos"] for r in children} == {"rope", "learned"}
     for r in children:

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 
 class MLflowCallback(Callback):
-    """Logs every train metric at step = optimizer step (``train/flops`` and ``train/tokens`` with every loss),
+    """Logs every train metric at step = optimizer step (``train/flops``, ``train/pflops`` (the same in 1e15)
+    and ``train/tokens`` with every loss),
     the eval metrics at the step they were computed, and a few derived params (parameter count, budget).
 
     ``run`` is None on ranks other than 0: the callback then does nothing but keeps the same hooks, so every
@@ -52,7 +53,10 @@ class MLflowCallback(Callback):
         start = time.perf_counter()
         step = int(metrics["step"])
         if step > self._logged_train_step:
-            self.run.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step)
+            logged = {k: v for k, v in metrics.items() if k != "step"}
+            if "train/flops" in logged:  # legible on a chart axis (MLflow prints raw FLOPs as 25000000000000)
+                logged["train/pflops"] = logged["train/flops"] / 1e15
+            self.run.log_metrics(logged, step)
         self.hook_seconds.append(time.perf_counter() - start)
 
     def on_eval_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:

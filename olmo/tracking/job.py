@@ -20,7 +20,7 @@ from olmo.checkpoint import latest_checkpoint
 from olmo.config import ExperimentConfig
 from olmo.tracking.callback import MLflowCallback
 from olmo.tracking.config import TrackingConfig
-from olmo.tracking.naming import axis_tags, config_hash, config_params, git_commit
+from olmo.tracking.naming import TAG_SWEEP_RUN_ID, axis_tags, config_hash, config_params, git_commit
 from olmo.tracking.store import client, finished_run, prepare_store, resolve_tracking_uri
 from olmo.tracking.tracked_run import TrackedRun
 from olmo.train.callbacks import Callback
@@ -38,7 +38,7 @@ class JobContext:
     results_dir: str = "results"  # default save_folder: <results_dir>/checkpoints/<experiment>/<config hash>
     tracking_uri: str | None = None  # resolved by the driver; None: resolve_tracking_uri(tracking.uri, results_dir)
     experiment_id: str | None = None  # None: created/looked up here
-    parent_run_id: str | None = None  # the sweep's parent run (tag mlflow.parentRunId)
+    parent_run_id: str | None = None  # the sweep's own run (tag sweep_run_id)
     sweep_id: str | None = None
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)  # e.g. launcher, the Hydra choices, the overrides
@@ -148,7 +148,7 @@ def run_tracked(
                 **axis_tags(cfg.model),
             }
             if ctx.parent_run_id:
-                tags["mlflow.parentRunId"] = ctx.parent_run_id
+                tags[TAG_SWEEP_RUN_ID] = ctx.parent_run_id
             run = TrackedRun.start(
                 uri, experiment_id, run_id=checkpoint_run_id(save_folder),
                 run_name=ctx.run_name or ctx.tracking.run_name or cfg_hash, tags=tags, cfg=ctx.tracking,

@@ -22,6 +22,10 @@ NOT_HASHED = (
     "train.peak_flops_per_second",
 )
 
+# A job's run names the run of its sweep with this tag. Not MLflow's nested-run tag (mlflow.parentRunId): the UI
+# hides nested runs, in the charts too, until their parent is expanded; flat runs are all visible at once.
+TAG_SWEEP_RUN_ID = "sweep_run_id"
+
 # Config value -> the option name used on the command line (conf/<axis>/<option>.yaml).
 _NORM_NAMES = {"default": "layernorm"}
 _INIT_NAMES = {"full_megatron": "megatron"}

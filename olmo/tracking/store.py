@@ -56,7 +56,12 @@ def prepare_store(uri: str, experiment: str, artifact_root: str | os.PathLike | 
         db.parent.mkdir(parents=True, exist_ok=True)
     c = client(uri)
     c.search_experiments(max_results=1)  # creates the tables of a new sqlite store, once
-    return ensure_experiment(c, experiment, artifact_root if artifact_root is not None else _default_artifacts(db))
+    from olmo.tracking.ui import mark_model_training
+
+    root = artifact_root if artifact_root is not None else _default_artifacts(db)
+    experiment_id = ensure_experiment(c, experiment, root)
+    mark_model_training(c, experiment_id)
+    return experiment_id
 
 
 def _default_artifacts(db: Path | None) -> Path | None:
@@ -103,5 +108,8 @@ def run_exists(c: Any, run_id: str) -> bool:
 
 
 def child_runs(c: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
-    return c.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+    """The job runs of the sweep whose own run is ``parent_run_id``."""
+    from olmo.tracking.naming import TAG_SWEEP_RUN_ID
+
+    return c.search_runs([experiment_id], filter_string=f"tags.{TAG_SWEEP_RUN_ID} = '{parent_run_id}'",
                          max_results=10000)

@@ -1,0 +1,188 @@
+"""The MLflow dashboard of a real sweep, as a user sees it in Chromium.
+
+A real ``run.py -m`` sweep writes the store; the command the sweep prints (``python -m analysis.dashboard``)
+starts ``mlflow ui`` on it; the URL the sweep prints must open on the sweep's runs, all visible, in chart view,
+with one loss line per run against ``train/pflops``; the seeds of one config group into one line with a band.
+The screenshot of the chart view is the README's image.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser_util import chromium_page, free_port, require_chromium
+from mlflow import MlflowClient
+
+from olmo.tracking import sqlite_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOT = ROOT / "docs" / "images" / "dashboard.png"
+pytestmark = pytest.mark.slow
+LOAD_TIMEOUT_MS = 120_000  # a cold `mlflow ui` on 2 busy cores: its first pages take a while
+
+# For each Plotly chart of the page: its title, its x-axis title and the names of the traces that draw points
+# (MLflow adds a second, point-less trace per run for hover highlighting).
+CHART_TRACES_JS = """() => Array.from(document.querySelectorAll('[data-testid="experiment-view-compare-runs-card"]'))
+  .map(card => {
+    const plot = card.querySelector('.js-plotly-plot');
+    if (!plot) return null;
+    const traces = Array.from(plot.querySelectorAll('g.trace.scatter'))
+      .filter(t => t.querySelectorAll('path.point').length > 0)
+      .map(t => (t.__data__ && t.__data__[0] && t.__data__[0].trace) ? t.__data__[0].trace.name : null);
+    return {title: card.innerText.split('\\n')[0], x: (plot.querySelector('.xtitle') || {}).textContent || '',
+            traces};
+  }).filter(c => c !== null)"""
+
+
+def sweep(tmp_path: Path, data_cache: str, *overrides: str) -> tuple[str, subprocess.CompletedProcess]:
+    """Run a smoke sweep into ``tmp_path/results``; returns the store's URI and the finished process."""
+    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "train=smoke", f"results_dir={tmp_path / 'results'}",
+           *overrides]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=env_for(tmp_path, data_cache))
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
+    return sqlite_uri(tmp_path / "results" / "mlflow.db"), proc
+
+
+def env_for(tmp_path: Path, data_cache: str) -> dict[str, str]:
+    env = {**os.environ, "OLMO_SWEEPS_CACHE": data_cache, "OMP_NUM_THREADS": "1",
+           "OLMO_MLFLOW_UI_STATE": str(tmp_path / "ui-state")}  # this test's UIs only
+    for key in ("MLFLOW_TRACKING_URI", "OLMO_MLFLOW_UI_URL", "DISPLAY", "WAYLAND_DISPLAY", "BROWSER"):
+        env.pop(key, None)
+    return env
+
+
+def printed_dashboard(stdout: str) -> tuple[list[str], str]:
+    """The dashboard command and the URL that the sweep printed at its end."""
+    command = re.findall(r"^dashboard: (python -m analysis\.dashboard .+)$", stdout, re.M)
+    url = re.findall(r"^\s+then open (http://\S+)$", stdout, re.M)
+    assert command and url, f"the sweep printed no dashboard command and URL:\n{stdout[-2000:]}"
+    return shlex.split(command[-1]), url[-1]
+
+
+def dashboard(args: list[str], tmp_path: Path, data_cache: str) -> str:
+    """Run ``python -m analysis.dashboard`` as printed (``python`` being this interpreter); its output."""
+    assert args[:3] == ["python", "-m", "analysis.dashboard"]
+    proc = subprocess.run([sys.executable, *args[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=env_for(tmp_path, data_cache))
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def url_in(output: str) -> str:
+    found = re.findall(r"^sweep \S+ \(\d+ runs\): (http://\S+)$", output, re.M)
+    assert found, f"the dashboard printed no sweep URL:\n{output}"
+    return found[-1]
+
+
+def without_address(url: str) -> str:
+    """The URL less its scheme, host and port (the sweep prints MLflow's default port; the UI may use another)."""
+    return urllib.parse.urlsplit(url)._replace(scheme="", netloc="").geturl()
+
+
+def job_runs(uri: str) -> list[Any]:
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("olmo-sweeps")
+    return [r for r in c.search_runs([exp.experiment_id]) if "sweep_run_id" in r.data.tags]
+
+
+def loss_charts(page: Any, n_traces: int) -> list[dict]:
+    """The loss charts once each draws ``n_traces`` lines (charts render lazily, after the runs load)."""
+    page.wait_for_function(
+        f"() => ({CHART_TRACES_JS})().filter(c => /loss/.test(c.title) && c.traces.length >= {n_traces}).length >= 2",
+        timeout=LOAD_TIMEOUT_MS)
+    return [c for c in page.evaluate(CHART_TRACES_JS) if "loss" in c["title"]]
+
+
+def close_assistant(page: Any) -> None:
+    """MLflow 3.17 opens its "Assistant" side panel on first visit; it hides half the charts in the screenshot."""
+    close = page.locator("button[aria-label='Close']")
+    if close.count():
+        close.first.click()
+
+
+def stop_dashboard(uri: str, tmp_path: Path, data_cache: str) -> None:
+    out = dashboard(["python", "-m", "analysis.dashboard", "--tracking-uri", uri, "--stop"], tmp_path, data_cache)
+    assert "mlflow ui stopped" in out
+
+
+def pid_in(output: str) -> int:
+    found = re.search(r"\(pid (\d+),", output)
+    assert found, output
+    return int(found.group(1))
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_the_sweeps_printed_url_opens_its_runs_in_chart_view_one_loss_line_per_run(tmp_path, data_cache):
+    require_chromium()
+    uri, proc = sweep(tmp_path, data_cache, "attention=mha,gqa", "pos=rope,alibi")
+    command, printed_url = printed_dashboard(proc.stdout)
+    runs = job_runs(uri)
+    names = sorted(r.info.run_name for r in runs)
+    assert names == ["gqa-alibi-s0", "gqa-rope-s0", "mha-alibi-s0", "mha-rope-s0"]  # named from the axis values
+    assert len({r.data.tags["mlflow.runColor"] for r in runs}) == 4  # four distinct line colours
+
+    out = dashboard([*command, "--no-open", "--port", str(free_port())], tmp_path, data_cache)
+    assert "started mlflow ui" in out, out
+    pgid = pid_in(out)
+    try:
+        url = url_in(out)
+        assert without_address(url) == without_address(printed_url)  # the sweep printed the page the UI serves
+        with chromium_page() as page:
+            page.goto(url)
+            page.get_by_text("4 matching runs").wait_for(timeout=LOAD_TIMEOUT_MS)
+            for name in names:  # every job run listed and visible, none nested under the sweep's run
+                assert page.get_by_role("link", name=name, exact=True).is_visible(), name
+            assert page.get_by_text("sweep ", exact=False).first.is_visible()
+            charts = loss_charts(page, len(names))
+            assert {c["title"] for c in charts} == {"eval/loss", "train/loss"}, charts
+            for chart in charts:
+                assert sorted(chart["traces"]) == names, chart  # one line per run
+                assert chart["x"] == "train/pflops", chart
+            close_assistant(page)
+            page.wait_for_timeout(500)
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+        again = dashboard([*command, "--no-open"], tmp_path, data_cache)
+        assert "started" not in again and url_in(again) == url  # the running UI is reused
+    finally:
+        stop_dashboard(uri, tmp_path, data_cache)
+    assert group_gone(pgid)  # the UI and its helper processes are gone
+
+
+def test_the_seeds_of_one_config_are_grouped_into_one_line(tmp_path, data_cache):
+    require_chromium()
+    uri, proc = sweep(tmp_path, data_cache, "attention=mha,gqa", "train.seed=1,2")
+    command, _ = printed_dashboard(proc.stdout)
+    runs = job_runs(uri)
+    assert sorted(r.info.run_name for r in runs) == ["gqa-s1", "gqa-s2", "mha-s1", "mha-s2"]
+    assert sorted(r.data.tags["variant"] for r in runs) == ["gqa", "gqa", "mha", "mha"]
+    out = dashboard([*command, "--no-open", "--port", str(free_port())], tmp_path, data_cache)
+    try:
+        with chromium_page() as page:
+            page.goto(url_in(out))
+            page.get_by_text("4 matching runs").wait_for(timeout=LOAD_TIMEOUT_MS)
+            assert page.get_by_text("Group by: variant").is_visible()
+            for variant in ("mha", "gqa"):
+                assert page.get_by_text(f"Group: {variant}", exact=True).is_visible(), variant
+            charts = loss_charts(page, 2)
+            for chart in charts:  # one line per variant (the mean of its seeds), not one per run
+                assert len(chart["traces"]) == 2, chart
+                assert {v for v in ("mha", "gqa") for t in chart["traces"] if v in (t or "")} == {"mha", "gqa"}, chart
+    finally:
+        stop_dashboard(uri, tmp_path, data_cache)
