@@ -28,17 +28,20 @@ SCREENSHOT = ROOT / "docs" / "images" / "dashboard.png"
 pytestmark = pytest.mark.slow
 LOAD_TIMEOUT_MS = 120_000  # a cold `mlflow ui` on 2 busy cores: its first pages take a while
 
-# For each Plotly chart of the page: its title, its x-axis title and the names of the traces that draw points
-# (MLflow adds a second, point-less trace per run for hover highlighting).
-CHART_TRACES_JS = """() => Array.from(document.querySelectorAll('[data-testid="experiment-view-compare-runs-card"]'))
+# For each chart card: its title, its text (the legend), the x-axis title, the lines (traces drawing points, by
+# name: MLflow adds a point-less trace per line for hover highlighting) and the bands (filled traces: the min-max
+# range of a group of runs).
+CHARTS_JS = """() => Array.from(document.querySelectorAll('[data-testid="experiment-view-compare-runs-card"]'))
   .map(card => {
     const plot = card.querySelector('.js-plotly-plot');
     if (!plot) return null;
-    const traces = Array.from(plot.querySelectorAll('g.trace.scatter'))
-      .filter(t => t.querySelectorAll('path.point').length > 0)
-      .map(t => (t.__data__ && t.__data__[0] && t.__data__[0].trace) ? t.__data__[0].trace.name : null);
-    return {title: card.innerText.split('\\n')[0], x: (plot.querySelector('.xtitle') || {}).textContent || '',
-            traces};
+    const traces = Array.from(plot.querySelectorAll('g.trace.scatter')).map(t => ({
+      name: (t.__data__ && t.__data__[0] && t.__data__[0].trace) ? t.__data__[0].trace.name : null,
+      points: t.querySelectorAll('path.point').length, filled: t.querySelectorAll('path.js-fill').length > 0}));
+    return {title: card.innerText.split('\\n')[0], text: card.innerText,
+            x: (plot.querySelector('.xtitle') || {}).textContent || '',
+            lines: traces.filter(t => t.points > 0 && !t.filled).map(t => t.name),
+            bands: traces.filter(t => t.filled).length};
   }).filter(c => c !== null)"""
 
 
@@ -94,12 +97,12 @@ def job_runs(uri: str) -> list[Any]:
     return [r for r in c.search_runs([exp.experiment_id]) if "sweep_run_id" in r.data.tags]
 
 
-def loss_charts(page: Any, n_traces: int) -> list[dict]:
-    """The loss charts once each draws ``n_traces`` lines (charts render lazily, after the runs load)."""
+def loss_charts(page: Any, n_lines: int) -> list[dict]:
+    """The loss charts once each draws ``n_lines`` lines (charts render lazily, after the runs load)."""
     page.wait_for_function(
-        f"() => ({CHART_TRACES_JS})().filter(c => /loss/.test(c.title) && c.traces.length >= {n_traces}).length >= 2",
+        f"() => ({CHARTS_JS})().filter(c => /loss/.test(c.title) && c.lines.length >= {n_lines}).length >= 2",
         timeout=LOAD_TIMEOUT_MS)
-    return [c for c in page.evaluate(CHART_TRACES_JS) if "loss" in c["title"]]
+    return [c for c in page.evaluate(CHARTS_JS) if "loss" in c["title"]]
 
 
 def close_assistant(page: Any) -> None:
@@ -152,7 +155,7 @@ def test_the_sweeps_printed_url_opens_its_runs_in_chart_view_one_loss_line_per_r
             charts = loss_charts(page, len(names))
             assert {c["title"] for c in charts} == {"eval/loss", "train/loss"}, charts
             for chart in charts:
-                assert sorted(chart["traces"]) == names, chart  # one line per run
+                assert sorted(chart["lines"]) == names and chart["bands"] == 0, chart  # one line per run
                 assert chart["x"] == "train/pflops", chart
             close_assistant(page)
             page.wait_for_timeout(500)
@@ -181,8 +184,10 @@ def test_the_seeds_of_one_config_are_grouped_into_one_line(tmp_path, data_cache)
             for variant in ("mha", "gqa"):
                 assert page.get_by_text(f"Group: {variant}", exact=True).is_visible(), variant
             charts = loss_charts(page, 2)
-            for chart in charts:  # one line per variant (the mean of its seeds), not one per run
-                assert len(chart["traces"]) == 2, chart
-                assert {v for v in ("mha", "gqa") for t in chart["traces"] if v in (t or "")} == {"mha", "gqa"}, chart
+            assert {c["title"] for c in charts} == {"eval/loss", "train/loss"}, charts
+            for chart in charts:  # per variant one line (the mean of its seeds) and one band, not a line per run
+                assert len(chart["lines"]) == 2 and chart["bands"] == 2, chart
+                for variant in ("mha", "gqa"):
+                    assert f"{variant} ({chart['title']})" in chart["text"], chart  # the legend names the group
     finally:
         stop_dashboard(uri, tmp_path, data_cache)

@@ -63,6 +63,7 @@ def running_ui(uri: str) -> UIServer | None:
         return None
     if found.uri != uri or found.pid is None or not _alive(found.pid) or not _answers(found.url):
         return None
+    found.started = False  # reused
     return found
 
 
