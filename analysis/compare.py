@@ -4,7 +4,8 @@
 
 With no ``--experiment``/``--sweep``/``--parent-run`` it compares the latest sweep in the store. The store is
 ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///results/mlflow.db``. Runs in the report link to
-the MLflow UI at ``--mlflow-url``, else ``$OLMO_MLFLOW_UI_URL``, else ``http://127.0.0.1:5000`` (``mlflow ui``'s).
+the MLflow UI at ``--mlflow-url``, else ``$OLMO_MLFLOW_UI_URL``, else the UI ``python -m analysis.dashboard`` runs for
+the store, else ``http://127.0.0.1:5000`` (``mlflow ui``'s).
 """
 
 from __future__ import annotations
@@ -199,10 +200,10 @@ def compare_sweep(
     statuses: Sequence[str] | None = None,
 ) -> tuple[Comparison, dict[str, str]]:
     """Load, analyse, write the report into ``out_dir`` (default ``results/analysis/<target>``, ``results`` being
-    ``$OLMO_SWEEPS_RESULTS`` when set) and log it on the
-    sweep's parent run. ``ui_url``: the MLflow UI the report links to (None: ``$OLMO_MLFLOW_UI_URL``, else
-    ``http://127.0.0.1:5000``; "": no links). Returns the comparison and name -> path (``html``, ``markdown``, CSVs,
-    figures, ``artifact_uri`` when logged)."""
+    ``$OLMO_SWEEPS_RESULTS`` when set) and log it on the sweep's own run. ``ui_url``: the MLflow UI the report links
+    to (None: ``$OLMO_MLFLOW_UI_URL``, else the UI running for the store, else ``http://127.0.0.1:5000``; "": no
+    links). Returns the comparison and name -> path (``html``, ``markdown``, CSVs, figures, ``artifact_uri`` when
+    logged)."""
     from analysis.report import log_report, resolve_ui_url, write_report
 
     keys = [names.TRAIN_LOSS, names.EVAL_LOSS] + ([metric] if metric != AUTO else [])
@@ -214,7 +215,7 @@ def compare_sweep(
                    alpha=alpha)
     out_dir = out_dir or os.path.join(os.environ.get(names.RESULTS_DIR_ENV) or "results", "analysis",
                                       _slug(sweep.target))
-    paths = write_report(comp, out_dir, resolve_ui_url(ui_url))
+    paths = write_report(comp, out_dir, resolve_ui_url(ui_url, sweep.tracking_uri))
     if log_artifact:
         uri = log_report(comp, out_dir)
         if uri:
@@ -266,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     # --ui-url: the option's earlier name, still accepted.
     p.add_argument("--mlflow-url", "--ui-url", dest="ui_url", metavar="URL",
                    help="MLflow UI base URL the report links each run and variant to (default: "
-                        f"${UI_URL_ENV}, else {DEFAULT_UI_URL}, where `mlflow ui` listens; '' for no links)")
+                        f"${UI_URL_ENV}, else the UI `python -m analysis.dashboard` runs for the store, else "
+                        f"{DEFAULT_UI_URL}, where `mlflow ui` listens; '' for no links)")
     p.add_argument("--axes", help="comma-separated axis tags (default: known axis tags present)")
     p.add_argument("--grid-points", type=int, default=256, help="points of the common log FLOP grid (default 256)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the t-tests (default 0.05)")

@@ -31,12 +31,18 @@ DEFAULT_UI_URL = "http://127.0.0.1:5000"
 UI_URL_ENV = "OLMO_MLFLOW_UI_URL"
 
 
-def resolve_ui_url(ui_url: str | None = None) -> str:
+def resolve_ui_url(ui_url: str | None = None, tracking_uri: str | None = None) -> str:
     """The MLflow UI base URL the report links to: ``ui_url`` when given ("" = no links), else ``$OLMO_MLFLOW_UI_URL``,
-    else MLflow's default ``http://127.0.0.1:5000``."""
+    else the UI running for ``tracking_uri`` (``python -m analysis.dashboard`` started it; an MLflow server store is
+    its own UI), else MLflow's default ``http://127.0.0.1:5000``."""
+    from olmo.tracking.ui_server import running_ui
+
     if ui_url is not None:
         return ui_url
-    return os.environ.get(UI_URL_ENV) or DEFAULT_UI_URL
+    if os.environ.get(UI_URL_ENV):
+        return os.environ[UI_URL_ENV]
+    found = running_ui(tracking_uri) if tracking_uri else None
+    return found.url if found is not None else DEFAULT_UI_URL
 
 
 def run_url(ui_url: str | None, experiment_id: str, run_id: str) -> str | None:
