@@ -91,6 +91,10 @@ def without_address(url: str) -> str:
     return urllib.parse.urlsplit(url)._replace(scheme="", netloc="").geturl()
 
 
+def sweep_id_in(url: str) -> str:
+    return re.search(r"viewStateShareKey=sweep-([^&]+)", url).group(1)
+
+
 def job_runs(uri: str) -> list[Any]:
     c = MlflowClient(uri)
     exp = c.get_experiment_by_name("olmo-sweeps")
@@ -133,6 +137,8 @@ def group_gone(pgid: int) -> bool:
 
 def test_the_sweeps_printed_url_opens_its_runs_in_chart_view_one_loss_line_per_run(tmp_path, data_cache):
     require_chromium()
+    from playwright.sync_api import expect
+
     uri, proc = sweep(tmp_path, data_cache, "attention=mha,gqa", "pos=rope,alibi")
     command, printed_url = printed_dashboard(proc.stdout)
     runs = job_runs(uri)
@@ -150,8 +156,8 @@ def test_the_sweeps_printed_url_opens_its_runs_in_chart_view_one_loss_line_per_r
             page.goto(url)
             page.get_by_text("4 matching runs").wait_for(timeout=LOAD_TIMEOUT_MS)
             for name in names:  # every job run listed and visible, none nested under the sweep's run
-                assert page.get_by_role("link", name=name, exact=True).is_visible(), name
-            assert page.get_by_text("sweep ", exact=False).first.is_visible()
+                expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+            expect(page.get_by_text(f"sweep {sweep_id_in(url)}").first).to_be_visible()  # the saved view's name
             charts = loss_charts(page, len(names))
             assert {c["title"] for c in charts} == {"eval/loss", "train/loss"}, charts
             for chart in charts:
@@ -170,6 +176,8 @@ def test_the_sweeps_printed_url_opens_its_runs_in_chart_view_one_loss_line_per_r
 
 def test_the_seeds_of_one_config_are_grouped_into_one_line(tmp_path, data_cache):
     require_chromium()
+    from playwright.sync_api import expect
+
     uri, proc = sweep(tmp_path, data_cache, "attention=mha,gqa", "train.seed=1,2")
     command, _ = printed_dashboard(proc.stdout)
     runs = job_runs(uri)
@@ -180,9 +188,9 @@ def test_the_seeds_of_one_config_are_grouped_into_one_line(tmp_path, data_cache)
         with chromium_page() as page:
             page.goto(url_in(out))
             page.get_by_text("4 matching runs").wait_for(timeout=LOAD_TIMEOUT_MS)
-            assert page.get_by_text("Group by: variant").is_visible()
+            expect(page.get_by_text("Group by: variant")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
             for variant in ("mha", "gqa"):
-                assert page.get_by_text(f"Group: {variant}", exact=True).is_visible(), variant
+                expect(page.get_by_text(f"Group: {variant}", exact=True)).to_be_visible(timeout=LOAD_TIMEOUT_MS)
             charts = loss_charts(page, 2)
             assert {c["title"] for c in charts} == {"eval/loss", "train/loss"}, charts
             for chart in charts:  # per variant one line (the mean of its seeds) and one band, not a line per run
