@@ -82,10 +82,34 @@ def test_a_2x2_grid_gives_4_finished_children_of_one_parent_and_a_rerun_skips_th
         assert save_folder.parent == tmp_path / "results" / "checkpoints" / "olmo-sweeps"
         assert save_folder.name == t["config_hash"] and (save_folder / "final").is_dir()
 
+        assert steps(c, r.info.run_id, "train/pflops") == loss_steps
+        assert c.get_metric_history(r.info.run_id, "train/pflops")[-1].value == pytest.approx(
+            c.get_metric_history(r.info.run_id, "train/flops")[-1].value / 1e15)
+    exp = c.get_experiment_by_name("olmo-sweeps")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    sweep_id = parent.data.tags["sweep_id"]
+    assert f"dashboard: python -m analysis.dashboard --sweep {sweep_id}" in proc.stdout
+    assert f"#/experiments/{exp.experiment_id}/runs?viewStateShareKey=sweep-{sweep_id}" in proc.stdout
+    assert view_run_ids(c, sweep_id) == {r.info.run_id for r in children}  # the saved view lists the sweep's runs
+
     again = ok(run_py(tmp_path, data_cache, "attention=gqa,mqa", "pos=rope,alibi"))
     assert "4 jobs: 4 skipped" in again.stdout
     parents, children_after = runs_of(c)
     assert len(parents) == 2 and len(children_after) == 4  # no new child run
+    # the second sweep's view shows the runs of the first, whose configs it skipped
+    second = next(r for r in parents if r.info.run_id != parent.info.run_id).data.tags["sweep_id"]
+    assert view_run_ids(c, second) == {r.info.run_id for r in children}
+
+
+def view_run_ids(c: MlflowClient, sweep_id: str) -> set[str]:
+    """The run ids that the sweep's saved MLflow UI view filters on."""
+    import json
+    import re
+
+    exp = c.get_experiment_by_name("olmo-sweeps")
+    state = json.loads(json.loads(exp.tags[f"mlflow.sharedViewState.sweep-{sweep_id}"])["state"])
+    assert state["globalLineChartConfig"]["selectedXAxisMetricKey"] == "train/pflops"
+    return set(re.findall(r"'([0-9a-f]{32})'", state["searchFilter"]))
 
 
 @pytest.mark.slow
