@@ -23,7 +23,8 @@ NOT_HASHED = (
 )
 
 # A job's run names the run of its sweep with this tag. Not MLflow's nested-run tag (mlflow.parentRunId): the UI
-# hides nested runs, in the charts too, until their parent is expanded; flat runs are all visible at once.
+# hides nested runs, in the charts too, until their parent is expanded (even in a view whose filter leaves the parent
+# out: MLflow 3.17 fetches it and collapses its children under it); flat runs are all visible at once.
 TAG_SWEEP_RUN_ID = "sweep_run_id"
 
 # Config value -> the option name used on the command line (conf/<axis>/<option>.yaml).
