@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from olmo.config import ExperimentConfig
-from olmo.errors import bad_value
+from olmo.errors import OLMoConfigurationError, bad_value
 from olmo.tracking import TrackingConfig
 
 # conf/hydra/launcher/submitit_{local,slurm}.yaml keep the plugin's option names on purpose (so
@@ -77,7 +77,13 @@ def to_configs(cfg: DictConfig, cwd: str | Path | None = None) -> Composed:
     body = OmegaConf.to_container(cfg, resolve=False)
     body.pop("hydra", None)
     resolved = OmegaConf.to_container(OmegaConf.create(body), resolve=True, throw_on_missing=True)
-    run: RunConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), resolved))
+    try:
+        run: RunConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), resolved))
+    except OLMoConfigurationError as e:
+        # ModelConfig validates itself on construction and names its own fields (d_model); on the command line
+        # they are model.d_model. The other sections name theirs in full already (data.paths, optim.lr).
+        field = str(e).split("=", 1)[0]
+        raise (OLMoConfigurationError(f"model.{e}") if "." not in field else e) from None
     parts = {f.name: getattr(run, f.name) for f in dataclasses.fields(ExperimentConfig)}
     experiment = ExperimentConfig(**parts)
     run.tracking.validate()

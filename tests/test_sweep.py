@@ -149,9 +149,9 @@ def validate(*sweep: str):
                                 "options of 'attention': gqa, mha, mqa"),
         (["model.d_model=64,abc"], "job #1 (model.d_model=abc): Error merging override model.d_model=abc; "
                                    "Value 'abc' of type 'str' could not be converted to Integer"),
-        (["model.n_kv_heads=2,3"], "job #1 (model.n_kv_heads=3): n_kv_heads=3 is invalid; allowed: a divisor of "
+        (["model.n_kv_heads=2,3"], "job #1 (model.n_kv_heads=3): model.n_kv_heads=3 is invalid; allowed: a divisor of "
                                    "n_heads=4"),
-        (["attention=mha,gqa", "model.n_heads=3"], "d_model=128 is invalid; allowed: a multiple of n_heads=3"),
+        (["attention=mha,gqa", "model.n_heads=3"], "model.d_model=128 is invalid; allowed: a multiple of n_heads=3"),
         (["model.d_modle=64,32"], "Key 'd_modle' not in 'ModelConfig'"),
         (["train.max_steps=null,4"], "set exactly one of max_steps, max_tokens, max_flops"),
         (["train.max_steps=null", "train.max_flops=1e3,1e12"],
@@ -179,9 +179,9 @@ def test_a_bad_sweep_fails_before_any_job_starts(tmp_path, data_cache):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-3:] == [
         "Error: 2 of 4 jobs have a bad config; no job was started:",
-        "  job #1 (pos=rope model.n_kv_heads=3): n_kv_heads=3 is invalid; allowed: a divisor of n_heads=4 "
+        "  job #1 (pos=rope model.n_kv_heads=3): model.n_kv_heads=3 is invalid; allowed: a divisor of n_heads=4 "
         "(or None)",
-        "  job #3 (pos=alibi model.n_kv_heads=3): n_kv_heads=3 is invalid; allowed: a divisor of n_heads=4 "
+        "  job #3 (pos=alibi model.n_kv_heads=3): model.n_kv_heads=3 is invalid; allowed: a divisor of n_heads=4 "
         "(or None)",
     ]
     assert not (tmp_path / "results" / "mlflow.db").exists()  # nothing was launched, no store written
@@ -192,7 +192,7 @@ def test_a_single_run_with_a_bad_value_fails_with_one_line(tmp_path, data_cache)
     proc = run_py(tmp_path, data_cache, "model.n_kv_heads=3", multirun=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        "Error: n_kv_heads=3 is invalid; allowed: a divisor of n_heads=4 (or None)")
+        "Error: model.n_kv_heads=3 is invalid; allowed: a divisor of n_heads=4 (or None)")
 
 
 def test_every_sweep_preset_composes_into_a_valid_multirun(tmp_path):

@@ -84,7 +84,8 @@ class DataConfig:
         if self.source == "shakespeare" and self.paths:
             raise bad_value("data.paths", list(self.paths), "[] with source='shakespeare' (the corpus is built in)")
         if self.source in ("text", "memmap") and not self.paths:
-            raise bad_value("data.paths", list(self.paths), f"at least one file, folder or glob with {self.source=}")
+            raise bad_value("data.paths", list(self.paths),
+                            f"at least one file, folder or glob when data.source={self.source!r}")
         if self.memmap_dtype not in MEMMAP_DTYPES:
             raise bad_value("data.memmap_dtype", self.memmap_dtype, MEMMAP_DTYPES)
         if not self.text_field:

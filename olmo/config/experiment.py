@@ -9,7 +9,7 @@ from typing import Any
 from olmo.config.data import DataConfig
 from olmo.config.model import ModelConfig
 from olmo.config.train import DistributedConfig, OptimConfig, SchedulerConfig, TrainConfig
-from olmo.errors import bad_value
+from olmo.errors import OLMoConfigurationError, bad_value
 
 
 @dataclass
@@ -22,7 +22,10 @@ class ExperimentConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self, world_size: int = 1) -> None:
-        self.model.validate()
+        try:
+            self.model.validate()
+        except OLMoConfigurationError as e:  # ModelConfig names its own fields; here they live under model.
+            raise OLMoConfigurationError(f"model.{e}") from None
         self.data.validate()
         self.optim.validate()
         self.scheduler.validate()
