@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -133,6 +134,40 @@ def test_a_stopped_job_resumes_the_same_run_without_duplicate_steps(tmp_path, da
     assert steps(c, first.run_id, "eval/loss") == [3, 6]
     runs = c.search_runs([run.info.experiment_id])
     assert len(runs) == 1
+
+
+class StopWithoutCheckpoint(Callback):
+    """Stop after step K without a checkpoint, as a job preempted before its first checkpoint."""
+
+    name = "stop_without_checkpoint"
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer, metrics):
+        if trainer.state.step == self.step:
+            trainer.request_stop("preempted")
+
+
+def test_a_job_preempted_before_its_first_checkpoint_continues_its_run_in_the_same_sweep(tmp_path, data_cache,
+                                                                                          one_torch_thread):
+    cfg = tiny(data_cache, checkpoint_interval=100)
+    ctx = context(tmp_path, sweep_id="s1")
+    first = run_tracked(cfg, ctx, callbacks=[StopWithoutCheckpoint(4)])
+    assert first.status == "preempted"
+    c = store(tmp_path)
+    assert c.get_run(first.run_id).info.status == "KILLED"
+    assert not list(Path(first.save_folder).glob("step*"))  # nothing to resume from: training restarts at 0
+    losses = {m.step: m.value for m in c.get_metric_history(first.run_id, "train/loss")}
+    second = run_tracked(cfg, ctx)  # the requeued job: same sweep, same config
+    assert second.status == "finished" and second.run_id == first.run_id  # one run per job, not two
+    assert steps(c, first.run_id, "train/loss") == list(range(1, 7))  # each step once
+    again = {m.step: m.value for m in c.get_metric_history(first.run_id, "train/loss")}
+    assert all(again[k] == v for k, v in losses.items())
+    assert len(c.search_runs([c.get_run(first.run_id).info.experiment_id])) == 1
+    # another sweep trains the config in a run of its own
+    third = run_tracked(cfg, context(tmp_path, sweep_id="s2", force=True))
+    assert third.run_id != first.run_id
 
 
 def test_a_failing_job_is_recorded_failed_with_its_error(tmp_path, data_cache, one_torch_thread):

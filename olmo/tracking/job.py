@@ -96,6 +96,21 @@ def checkpoint_run_id(save_folder: str | os.PathLike) -> str | None:
     return (meta.get("callbacks") or {}).get(MLflowCallback.name, {}).get("run_id")
 
 
+def interrupted_run_id(c: Any, experiment_id: str, cfg_hash: str, sweep_id: str) -> str | None:
+    """The run of this config that an earlier attempt of the same sweep left KILLED before its first checkpoint
+    (preempted or timed out early): the requeued job continues it instead of leaving two runs of one job.
+    Training restarts from step 0 and is deterministic, so the steps that attempt logged are the same values and
+    are not logged again (MLflowCallback skips steps already in the run)."""
+    runs = c.search_runs(
+        [experiment_id],
+        filter_string=f"tags.config_hash = '{cfg_hash}' and tags.sweep_id = '{sweep_id}' "
+                      "and attributes.status = 'KILLED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def run_tracked(
     cfg: ExperimentConfig,
     ctx: JobContext | None = None,
@@ -149,8 +164,11 @@ def run_tracked(
             }
             if ctx.parent_run_id:
                 tags[TAG_SWEEP_RUN_ID] = ctx.parent_run_id
+            run_id = checkpoint_run_id(save_folder)
+            if run_id is None and ctx.sweep_id:
+                run_id = interrupted_run_id(client(uri), experiment_id, cfg_hash, ctx.sweep_id)
             run = TrackedRun.start(
-                uri, experiment_id, run_id=checkpoint_run_id(save_folder),
+                uri, experiment_id, run_id=run_id,
                 run_name=ctx.run_name or ctx.tracking.run_name or cfg_hash, tags=tags, cfg=ctx.tracking,
             )
             outcome.run_id = run.run_id
