@@ -41,7 +41,9 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[1]
 ENV_KEYS = ("OLMO_CLUSTER_DIR", "SLURM_CONF", "OLMO_MLFLOW_SERVER", "OLMO_PG_MLFLOW_URL", "OLMO_PG_OPTUNA_URL")
 START_HINT = "start it with: sudo bash scripts/local_cluster.sh start"
-# The GPU preset conf/hydra/launcher/submitit_slurm.yaml on the CPU node of the local cluster.
+# The GPU preset conf/hydra/launcher/submitit_slurm.yaml on the CPU node of the local cluster (the search test); the
+# sweeps use the CPU preset submitit_slurm_cpu with CPU_PRESET.
+CPU_PRESET = ("hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20")
 CPU_NODE = (
     "hydra.launcher.gpus_per_node=null",
     "hydra.launcher.cpus_per_task=1",
@@ -217,8 +219,9 @@ def start_sweep(cluster: Cluster, tmp: Path, what: str, *overrides: str) -> Swee
     experiment = f"cluster-{what}-{uuid.uuid4().hex[:8]}"
     name = cluster.job_name(what)
     log = results / "sweep.log"
-    cmd = [sys.executable, "run.py", "-m", "hydra/launcher=submitit_slurm", *CPU_NODE, f"hydra.launcher.name={name}",
-           f"results_dir={results}", f"tracking.experiment={experiment}", *SMALL, *overrides]
+    cmd = [sys.executable, "run.py", "-m", "hydra/launcher=submitit_slurm_cpu", *CPU_PRESET,
+           f"hydra.launcher.name={name}", f"results_dir={results}", f"tracking.experiment={experiment}", *SMALL,
+           *overrides]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=cluster.env, stdout=out, stderr=subprocess.STDOUT)
     cluster.drivers.append(proc)
@@ -435,7 +438,7 @@ def test_a_sweep_is_a_slurm_job_array_tracked_in_mlflow(cluster, tmp_path):
     assert len(arrays) == 1 and sorted(i.split("_")[1] for i in ids) == ["0", "1"], f"not one job array: {ids}"
     for r in runs:
         assert r.info.status == "FINISHED", (r.info.run_id, r.info.status, r.data.tags.get("error"))
-        assert r.data.tags["launcher"] == "submitit_slurm"
+        assert r.data.tags["launcher"] == "submitit_slurm_cpu"
         assert r.data.tags["world_size"] == "1"
         assert_each_step_once([s for s, _ in history(cluster, r.info.run_id)], 6)
         # submitit's folder of that array task holds the job's logs
