@@ -11,11 +11,14 @@ Every save goes to ``step<N>.tmp`` and is renamed when complete, so a process ki
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +94,9 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "model_and_optim"))
+    with _single_process_quiet():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "model_and_optim"),
+                 no_dist=_no_dist())
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank{env.rank}.pt")
     barrier()
@@ -106,6 +111,19 @@ def save_checkpoint(
             shutil.rmtree(stale, ignore_errors=True)
     barrier()
     return final
+
+
+def _no_dist() -> bool:
+    """One process without a process group: say so to DCP (else it warns that it assumes so, in every job log)."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized())
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns on every save of a single process that it "assumes" one, even when told so (no_dist=True)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def _commit(tmp: Path, final: Path) -> None:
@@ -126,12 +144,14 @@ def load_checkpoint(
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
         model_sd = get_model_state_dict(model)
-        dcp.load({"model": model_sd}, checkpoint_id=str(path / "model_and_optim"))
+        with _single_process_quiet():
+            dcp.load({"model": model_sd}, checkpoint_id=str(path / "model_and_optim"), no_dist=_no_dist())
         set_model_state_dict(model, model_sd)
         return meta
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path / "model_and_optim"))
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=str(path / "model_and_optim"), no_dist=_no_dist())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rng_file = path / "rng" / f"rank{env.rank}.pt"
     if rng_file.is_file():
