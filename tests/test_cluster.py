@@ -41,8 +41,8 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[1]
 ENV_KEYS = ("OLMO_CLUSTER_DIR", "SLURM_CONF", "OLMO_MLFLOW_SERVER", "OLMO_PG_MLFLOW_URL", "OLMO_PG_OPTUNA_URL")
 START_HINT = "start it with: sudo bash scripts/local_cluster.sh start"
-# The GPU preset conf/hydra/launcher/submitit_slurm.yaml on the CPU node of the local cluster (the search test); the
-# sweeps use the CPU preset submitit_slurm_cpu with CPU_PRESET.
+# The launcher presets on the CPU node of the local cluster: the GPU preset conf/hydra/launcher/submitit_slurm.yaml
+# with CPU_NODE, or the CPU preset submitit_slurm_cpu.yaml with CPU_PRESET.
 CPU_PRESET = ("hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20")
 CPU_NODE = (
     "hydra.launcher.gpus_per_node=null",
@@ -213,13 +213,14 @@ def _drop_noise(text: str) -> str:
     return "\n".join(ln for ln in text.splitlines() if "sacct" not in ln and "accounting storage" not in ln)
 
 
-def start_sweep(cluster: Cluster, tmp: Path, what: str, *overrides: str) -> Sweep:
+def start_sweep(cluster: Cluster, tmp: Path, what: str, *overrides: str, launcher: str = "submitit_slurm") -> Sweep:
     results = tmp / what
     results.mkdir(parents=True, exist_ok=True)
     experiment = f"cluster-{what}-{uuid.uuid4().hex[:8]}"
     name = cluster.job_name(what)
     log = results / "sweep.log"
-    cmd = [sys.executable, "run.py", "-m", "hydra/launcher=submitit_slurm_cpu", *CPU_PRESET,
+    preset = CPU_PRESET if launcher == "submitit_slurm_cpu" else CPU_NODE
+    cmd = [sys.executable, "run.py", "-m", f"hydra/launcher={launcher}", *preset,
            f"hydra.launcher.name={name}", f"results_dir={results}", f"tracking.experiment={experiment}", *SMALL,
            *overrides]
     with open(log, "w") as out:
@@ -438,7 +439,7 @@ def test_a_sweep_is_a_slurm_job_array_tracked_in_mlflow(cluster, tmp_path):
     assert len(arrays) == 1 and sorted(i.split("_")[1] for i in ids) == ["0", "1"], f"not one job array: {ids}"
     for r in runs:
         assert r.info.status == "FINISHED", (r.info.run_id, r.info.status, r.data.tags.get("error"))
-        assert r.data.tags["launcher"] == "submitit_slurm_cpu"
+        assert r.data.tags["launcher"] == "submitit_slurm"
         assert r.data.tags["world_size"] == "1"
         assert_each_step_once([s for s, _ in history(cluster, r.info.run_id)], 6)
         # submitit's folder of that array task holds the job's logs
@@ -447,12 +448,13 @@ def test_a_sweep_is_a_slurm_job_array_tracked_in_mlflow(cluster, tmp_path):
 
 
 def test_a_two_task_job_is_two_fsdp_ranks_logged_once(cluster, tmp_path):
-    sweep = start_sweep(cluster, tmp_path, "ranks", "hydra.launcher.tasks_per_node=2", "attention=gqa")
+    sweep = start_sweep(cluster, tmp_path, "ranks", "hydra.launcher.tasks_per_node=2", "attention=gqa",
+                        launcher="submitit_slurm_cpu")
     rc, out = sweep.wait(300)
     assert rc == 0, sweep.diagnosis()
 
     (run,) = job_runs(cluster, sweep.experiment)
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.data.tags["launcher"] == "submitit_slurm_cpu"  # the CPU preset
     assert run.data.tags["world_size"] == "2" and run.data.params["derived.world_size"] == "2"
     assert_each_step_once([s for s, _ in history(cluster, run.info.run_id)], 6)  # rank 1 logs nothing
     job_id = run.data.tags["slurm_job_id"]
