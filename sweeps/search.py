@@ -1543,7 +1543,8 @@ def summary(result: SearchResult, spec: Search) -> str:
         lines.append(f"saved: {Path(result.study_dir) / BEST_FILE}")
     lines.append(f"dashboard: optuna-dashboard {result.storage.replace('journal:', '')}")
     if result.parent_run_id:
-        lines.append(f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri}")
+        lines.append(f"MLflow: study run {result.parent_run_id} in {result.tracking_uri}; its trials in the MLflow UI: "
+                     f"python -m analysis.dashboard --sweep {result.study} --tracking-uri {result.tracking_uri}")
     return "\n".join(lines)
 
 
