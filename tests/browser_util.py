@@ -1,16 +1,10 @@
-"""Debian's Chromium driven by Playwright (nothing downloaded), and an `mlflow ui` server on a free port."""
+"""Debian's Chromium driven by Playwright (nothing downloaded), for the browser tests."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,59 +62,3 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_http(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{url} did not answer within {timeout:.0f}s") from None
-            time.sleep(0.3)
-
-
-def stop_process_group(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Stop a server started with ``start_new_session=True`` and every helper process it started (mlflow's job
-    runner and huey consumers outlive the server by a few seconds: wait until none is left)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    deadline = time.monotonic() + timeout
-    while _group_alive(proc.pid):
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            time.sleep(0.5)
-            break
-        time.sleep(0.2)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def mlflow_ui(tracking_uri: str, log: Path) -> Iterator[str]:
-    """``mlflow ui`` on ``tracking_uri`` at a free port on 127.0.0.1; yields its base URL."""
-    port = free_port()
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([mlflow, "ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1",
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/health")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process_group(proc)
