@@ -331,7 +331,9 @@ def test_a_study_on_two_workers_prunes_the_bad_region_and_resumes(tmp_path, resu
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_gets_its_trial_retried(tmp_path, results, data_cache):
-    path = write_search(tmp_path, "kill", n_trials=1, base=[*TINY, "train.max_steps=40", "train.eval_interval=10"],
+    # 100 steps: seconds of training after the first milestone, for the test to find the trial RUNNING and kill it
+    # (at 40 steps a quiet machine finished the trial between two polls)
+    path = write_search(tmp_path, "kill", n_trials=1, base=[*TINY, "train.max_steps=100", "train.eval_interval=10"],
                         sampler={"name": "random", "seed": 3})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "sweeps.search", f"search={path}", f"results_dir={results}",
