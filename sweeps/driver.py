@@ -341,14 +341,12 @@ def _multirun_end(config: DictConfig) -> None:
         where += f"\nMLflow: sweep run {info.parent_run_id} in {info.tracking_uri}\n{dashboard_hint(info)}"
     summary = "\n".join([head, *lines, where])
     (sweep_dir / "summary.txt").write_text(summary + "\n")
-    if info.parent_run_id and info.tracking_uri and info.experiment_id:
-        c = client(info.tracking_uri)
-        run_ids = [o["run_id"] for o in outcomes.values() if o.get("run_id")]
-        if len(run_ids) == len(info.jobs):  # exactly the sweep's runs, those of skipped jobs included
-            save_sweep_view(c, info.experiment_id, info.sweep_id, run_ids, group_seeds=info.group_seeds)
     print(summary, flush=True)
     if info.parent_run_id and info.tracking_uri:
         c = client(info.tracking_uri)
+        run_ids = [o["run_id"] for o in outcomes.values() if o.get("run_id")]
+        if info.experiment_id and len(run_ids) == len(info.jobs):  # the sweep's runs, skipped jobs' included
+            save_sweep_view(c, info.experiment_id, info.sweep_id, run_ids, group_seeds=info.group_seeds)
         c.log_text(info.parent_run_id, summary + "\n", "summary.txt")
         c.set_tag(info.parent_run_id, "n_failed", str(failed))
         c.set_terminated(info.parent_run_id, status="FAILED" if failed else "FINISHED")
