@@ -1034,6 +1034,8 @@ def worker_main(plan_path: str, worker: str, worker_index: int = 0) -> dict[str,
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = load_study(plan, worker_index)
+        if plan.storage.startswith("sqlite"):
+            serialize_asks(study, Path(plan.study_dir) / "ask.lock")
         spec = plan.spec
         objective = Objective(plan, spec, worker)
         while not _Stop.requested:
@@ -1048,6 +1050,29 @@ def worker_main(plan_path: str, worker: str, worker_index: int = 0) -> dict[str,
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         shutdown_distributed()
+
+
+def serialize_asks(study: Any, lock_path: Path) -> None:
+    """One ``study.ask()`` at a time among this machine's workers of a sqlite study.
+
+    ``ask()`` hands out a waiting (enqueued or retried) trial by reading it WAITING and then setting it RUNNING;
+    RDBStorage relies on SELECT ... FOR UPDATE for that, which sqlite ignores, so two workers asking at once both
+    got the same trial and trained it into the same folder (seen in CI). A sqlite file is on one machine: a file
+    lock around ``ask()`` (study.optimize calls it) is enough. PostgreSQL locks the row itself.
+    """
+    import fcntl
+
+    ask = study.ask
+
+    def locked_ask(*args: Any, **kwargs: Any) -> Any:
+        with open(lock_path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                return ask(*args, **kwargs)
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    study.ask = locked_ask
 
 
 def _request_stop(signum: int, frame: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -282,6 +283,9 @@ def test_a_study_on_two_workers_prunes_the_bad_region_and_resumes(tmp_path, resu
         [(t.number, t.state.name, t.user_attrs.get("error")) for t in trials]
     # Both workers ran trials (a worker the driver replaced on a busy machine adds a third name).
     assert len({t.user_attrs["worker"] for t in trials}) >= 2
+    # ... and never the same one: the enqueued trials wait in sqlite, which two workers asking at once both got
+    started = re.findall(r"\] trial (\d+): ", "".join(p.read_text() for p in Path(plan.study_dir).glob("workers/*")))
+    assert sorted(map(int, started)) == list(range(8)), started
     for t in trials[:2]:
         assert t.state.name == "COMPLETE" and t.params["optim.lr"] == good
     for t in trials[2:4]:  # the learning rate of 10 is stopped at the first milestone past step 3 of 6
