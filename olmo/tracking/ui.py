@@ -93,7 +93,3 @@ def sweep_url(base_url: str, experiment_id: str, key: str) -> str:
     """The page of the sweep's runs in chart view, in the MLflow UI at ``base_url``."""
     query = urllib.parse.urlencode({"viewStateShareKey": key, "compareRunsMode": "CHART"})
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
-
-
-def run_url(base_url: str, experiment_id: str, run_id: str) -> str:
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
