@@ -85,3 +85,34 @@ def test_bench_overhead(tmp_path, data_cache):
         assert positive(c["tokens_per_second"]) and positive(c["step_seconds"]), (name, c)
         assert math.isfinite(c["overhead_vs_bare"]) and c["overhead_vs_bare"] > -1, (name, c)
     assert "SpeedMonitor" in cases["trainer fp32-eager"]["callbacks"]
+
+
+def test_bench_gpu_quick_runs_the_fsdp_step_where_there_is_no_gpu(tmp_path):
+    """--quick runs the GPU script's whole path (a world-of-one process group, FSDP2, bf16, the trainer's
+    loss and AdamW) on tiny shapes: on CUDA where there is one, else on CPU with gloo."""
+    r = run_quick("bench_gpu.py", tmp_path)
+    assert "eager" in r["cases"] and positive(r["peak_measured"]) and r["params"] > 0
+    for name, c in r["cases"].items():
+        assert fraction(c["mfu_measured"]), (name, c)
+        assert positive(c["tokens_per_second"]) and positive(c["step_seconds"]), (name, c)
+    # FLOPs per step are the platform's exact count for the quick model.
+    from olmo.config import ModelConfig
+    from olmo.nn.flops import flops_per_token
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_gpu import model_fields
+    finally:
+        sys.path.remove(str(BENCH))
+    config = ModelConfig(**model_fields(quick=True))
+    assert r["step_flops"] == r["batch_size"] * r["seq_len"] * flops_per_token(config, r["seq_len"]).total
+
+
+def test_bench_gpu_without_a_gpu_says_so(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--no-doc"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0 and "needs a CUDA GPU" in proc.stderr

@@ -30,8 +30,13 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    # foreach=True keeps the step fast on CPU and works with FSDP2's DTensor parameters.
+def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over OLMo's parameter groups. ``fused`` (default: when every parameter is on a GPU) runs the
+    whole update as one CUDA kernel per group; otherwise foreach, which keeps the step fast on CPU. Both work
+    with FSDP2's DTensor parameters."""
+    if fused is None:
+        fused = all(p.device.type == "cuda" for p in model.parameters())
+    impl = {"fused": True} if fused else {"foreach": True}
     return torch.optim.AdamW(
-        parameter_groups(model, cfg), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True
+        parameter_groups(model, cfg), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **impl
     )

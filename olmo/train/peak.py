@@ -8,21 +8,32 @@ import time
 
 import torch
 
+# A matmul must be large enough to fill the device: on a GPU a 1024³ product lasts microseconds and is
+# launch-bound (far under the chip's rate), so GPUs measure at 8192³.
+_SIZE = {"cpu": 1024, "cuda": 8192}
+
 
 @functools.cache
-def measure_peak_flops(dtype: torch.dtype = torch.float32, device: str = "cpu", size: int = 1024,
+def measure_peak_flops(dtype: torch.dtype = torch.float32, device: str = "cpu", size: int | None = None,
                        repeats: int = 5) -> float:
-    """Median FLOP/s of a square matmul (2·n³ FLOPs) after a warm-up; cached per process."""
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    b = torch.randn(size, size, dtype=dtype, device=device)
+    """Median FLOP/s of a square matmul (2·n³ FLOPs) after a warm-up; cached per process.
+
+    ``size`` defaults to 1024 on CPU and 8192 on CUDA. On CUDA each repeat times several products between
+    two synchronisations, so the launch and the synchronisation are a small part of the time."""
+    kind = torch.device(device).type
+    n = size or _SIZE.get(kind, 1024)
+    inner = 1 if kind == "cpu" else 5
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     torch.matmul(a, b)  # warm-up (allocations, kernel selection)
     rates = []
     for _ in range(repeats):
-        if device != "cpu":
-            torch.cuda.synchronize()
+        if kind == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
-        torch.matmul(a, b)
-        if device != "cpu":
-            torch.cuda.synchronize()
-        rates.append(2 * size**3 / (time.perf_counter() - start))
+        for _ in range(inner):
+            torch.matmul(a, b)
+        if kind == "cuda":
+            torch.cuda.synchronize(device)
+        rates.append(inner * 2 * n**3 / (time.perf_counter() - start))
     return statistics.median(rates)
