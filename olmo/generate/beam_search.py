@@ -107,10 +107,14 @@ class BeamSearch:
             state = _map_state(state, lambda t: t.repeat_interleave(beam, dim=0))
         row_offsets = torch.arange(batch_size, device=scores.device).unsqueeze(1) * beam
 
+        # Greedy decoding (one candidate per row, the base class's top-k choice of beams) keeps its only
+        # candidate: no sample_beams call, no gather. A small model's step is a few ms; these ops add up.
+        single_candidate = beam == 1 and self.per_node_beam_size == 1 and _keeps_top_beams(self.sampler)
         for timestep in range(1, self.max_steps):
             flat_last = last_predictions.reshape(batch_size * beam)
             finished = flat_last == self.end_index
-            if bool(finished.all()):
+            n_finished = int(finished.sum())  # one reduction and one sync for both questions below
+            if n_finished == finished.numel():
                 break
             log_probs, state = step(flat_last, state, timestep)
             if self.constraints:
@@ -118,23 +122,27 @@ class BeamSearch:
                 log_probs = log_probs.view(batch_size * beam, -1)
             if timestep < self.min_steps:
                 log_probs = _forbid(log_probs, self.end_index)
-            if bool(finished.any()):  # a finished beam can only continue with EOS, at no cost
+            if n_finished:  # a finished beam can only continue with EOS, at no cost
                 log_probs = torch.where(finished.unsqueeze(1), self._after_end(log_probs), log_probs)
 
             node_log_probs, node_classes, sampler_state = self.sampler.sample_nodes(
                 log_probs, self.per_node_beam_size, sampler_state
             )
-            candidate_scores = (node_log_probs + scores.reshape(-1, 1)).reshape(batch_size, -1)
-            scores, chosen, sampler_state = self.sampler.sample_beams(candidate_scores, beam, sampler_state)
-            last_predictions = node_classes.reshape(batch_size, -1).gather(1, chosen)
+            if single_candidate:
+                scores = node_log_probs + scores
+                last_predictions = node_classes
+            else:
+                candidate_scores = (node_log_probs + scores.reshape(-1, 1)).reshape(batch_size, -1)
+                scores, chosen, sampler_state = self.sampler.sample_beams(candidate_scores, beam, sampler_state)
+                last_predictions = node_classes.reshape(batch_size, -1).gather(1, chosen)
             predictions.append(last_predictions)
             if beam > 1:
                 backpointer = chosen // self.per_node_beam_size
                 backpointers.append(backpointer)
                 flat = (backpointer + row_offsets).reshape(-1)
                 state = _map_state(state, lambda t, flat=flat: t.index_select(0, flat))
-            else:
-                backpointer = torch.zeros_like(chosen)
+            elif self.constraints:
+                backpointer = torch.zeros_like(last_predictions)
             constraint_states = [
                 c.update_state(s, last_predictions, backpointer)
                 for c, s in zip(self.constraints, constraint_states, strict=True)
@@ -168,9 +176,14 @@ def _positional_arity(fn: Callable) -> int | None:
 
 
 def _forbid(log_probs: torch.Tensor, index: int) -> torch.Tensor:
-    log_probs = log_probs.clone()
-    log_probs[..., index] = float("-inf")
-    return log_probs
+    """A copy of ``log_probs`` where token ``index`` is impossible (one op: index_fill copies)."""
+    return log_probs.index_fill(-1, torch.tensor([index], device=log_probs.device), float("-inf"))
+
+
+def _keeps_top_beams(sampler: Sampler) -> bool:
+    """Whether ``sampler`` chooses beams with the base class's plain top-k (with a single candidate per row,
+    that choice keeps it)."""
+    return type(sampler).sample_beams is Sampler.sample_beams
 
 
 def _map_state(state: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:

@@ -9,10 +9,14 @@ computes exactly the same function for the decode steps (the prompt still goes t
 - the attention bias built once per step (none at all without padding or ALiBi);
 - RoPE's sin/cos for the step's position looked up once for all layers, the rotation as ``roll`` (NeoX
   ``rotate_half`` times ``sin`` equals ``roll`` times ``[-sin, sin]``, bit for bit);
-- linear layers, norms and activations called functionally (``F.rms_norm`` is bit-identical to our RMSNorm
-  in fp32; norms and activations of unknown types are called through their own ``forward``);
+- linear layers, norms and activations called functionally (norms and activations of unknown types are
+  called through their own ``forward``);
+- RMSNorm as one fused LayerNorm over [x, -x] (see ``FastDecoder._rms_norm``), equal to it up to rounding;
 - on CPU, for long generations, (in, out) copies of the weights, which CPU BLAS multiplies a few rows by faster
-  (the one change that is not bit for bit: the products round differently, within 1e-6).
+  (the products round differently, within 1e-6).
+
+Models without RMSNorm decode bit for bit as ``OLMo.forward`` does (without the weight copies); the two
+changes above move the log-probabilities by rounding only.
 
 It covers the block types, positional schemes and norms registered today, in fp32 without autocast, on plain
 (unsharded) parameters. ``fast_decode_unsupported`` names the reason when a model is outside that set, and
@@ -77,6 +81,7 @@ class FastDecoder:
         self.positional = model.positional
         self.gqa = self.n_kv_heads != self.n_heads
         self.rope_table: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._doubled_weights: dict[int, torch.Tensor] = {}  # RMSNorm weights as [w, w], see _rms_norm
 
     # ----- cache -------------------------------------------------------------------------------------
     def allocate(
@@ -114,7 +119,7 @@ class FastDecoder:
         length = position + 1
         x = F.embedding(tokens, t.wte.weight).unsqueeze(1)  # (N, 1, d)
         if "emb_norm" in t:
-            x = _norm(t.emb_norm, x)
+            x = self._norm(t.emb_norm, x)
         if isinstance(self.positional, LearnedPositions):
             if length > c.max_sequence_length:
                 raise ValueError(
@@ -137,7 +142,7 @@ class FastDecoder:
         for block, k_cache, v_cache in zip(self.blocks, keys, values, strict=True):
             x = self._block(block, x, k_cache, v_cache, position, bias, rope)
 
-        x = _norm(t.ln_f, x)
+        x = self._norm(t.ln_f, x)
         head = t.wte if c.weight_tying else t.ff_out
         logits = self._linear(x, head.weight, None if c.weight_tying else head.bias)
         if c.scale_logits:
@@ -149,14 +154,14 @@ class FastDecoder:
         if type(block) is OLMoParallelBlock:
             if norm_after:
                 att = self._attention(block, x, k_cache, v_cache, position, bias, rope)
-                return x + _norm(block.attn_norm, att) + _norm(block.ff_norm, self._mlp(block, x))
-            h = _norm(block.attn_norm, x)
+                return x + self._norm(block.attn_norm, att) + self._norm(block.ff_norm, self._mlp(block, x))
+            h = self._norm(block.attn_norm, x)
             return x + self._attention(block, h, k_cache, v_cache, position, bias, rope) + self._mlp(block, h)
         if norm_after:
-            h = x + _norm(block.attn_norm, self._attention(block, x, k_cache, v_cache, position, bias, rope))
-            return h + _norm(block.ff_norm, self._mlp(block, h))
-        h = x + self._attention(block, _norm(block.attn_norm, x), k_cache, v_cache, position, bias, rope)
-        return h + self._mlp(block, _norm(block.ff_norm, h))
+            h = x + self._norm(block.attn_norm, self._attention(block, x, k_cache, v_cache, position, bias, rope))
+            return h + self._norm(block.ff_norm, self._mlp(block, h))
+        h = x + self._attention(block, self._norm(block.attn_norm, x), k_cache, v_cache, position, bias, rope)
+        return h + self._mlp(block, self._norm(block.ff_norm, h))
 
     def _attention(self, block, x, k_cache, v_cache, position, bias, rope) -> torch.Tensor:
         n = x.shape[0]
@@ -173,7 +178,7 @@ class FastDecoder:
                 qkv = qkv.clamp(-clip, clip)
             q, k, v = qkv.split((self.config.d_model, self.kv_width, self.kv_width), dim=-1)
         if block.q_norm is not None:
-            q, k = _norm(block.q_norm, q), _norm(block.k_norm, k)
+            q, k = self._norm(block.q_norm, q), self._norm(block.k_norm, k)
         q = q.view(n, self.n_heads, 1, self.head_dim)  # (N, 1, H*D) -> (N, H, 1, D): T = 1 needs no transpose
         k = k.view(n, self.n_kv_heads, 1, self.head_dim)
         v = v.view(n, self.n_kv_heads, 1, self.head_dim)
@@ -204,14 +209,25 @@ class FastDecoder:
         out = torch.matmul(x, wt)
         return out if bias is None else out + bias
 
+    def _norm(self, norm: Norm, x: torch.Tensor) -> torch.Tensor:
+        """The norm's function without the module call (fp32, no autocast: see fast_decode_unsupported)."""
+        kind = type(norm)
+        if kind is RMSNorm:
+            return self._rms_norm(norm, x)
+        if kind is LayerNorm or kind is LowPrecisionLayerNorm:
+            return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        return norm.forward(x)
 
-def _norm(norm: Norm, x: torch.Tensor) -> torch.Tensor:
-    """The norm's function without the module call (fp32, no autocast: see fast_decode_unsupported)."""
-    kind = type(norm)
-    if kind is RMSNorm:
-        if norm.bias is None:
-            return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
-        return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps) + norm.bias
-    if kind is LayerNorm or kind is LowPrecisionLayerNorm:
-        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-    return norm.forward(x)
+    def _rms_norm(self, norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+        """RMSNorm as one fused LayerNorm over [x, -x]: that vector has mean 0 and variance mean(x^2), so the
+        first half of its LayerNorm is x * rsqrt(mean(x^2) + eps). On CPU LayerNorm is one kernel where
+        ``F.rms_norm`` runs six small ops; the decode step of a small model runs 2-4 norms per layer, and this
+        makes a step at batch 1 a tenth faster. Equal to RMSNorm up to rounding."""
+        d = x.shape[-1]
+        weight = None
+        if norm.weight is not None:
+            weight = self._doubled_weights.get(id(norm.weight))
+            if weight is None:  # the decoder lives for one generate() call: the weights cannot change meanwhile
+                weight = self._doubled_weights[id(norm.weight)] = torch.cat((norm.weight, norm.weight)).detach()
+        out = F.layer_norm(torch.cat((x, -x), dim=-1), (2 * d,), weight, None, norm.eps)[..., :d]
+        return out if norm.bias is None else out + norm.bias
