@@ -13,6 +13,11 @@ shared the way the 2-core CPU is), each timed with CUDA events over ``--steps`` 
 - ``compile``: each block compiled (``train.compile=true``).
 - ``compile-foreach-adamw``: ``compile`` with AdamW's foreach update instead of the fused CUDA kernel that
   ``olmo.train.optim.build_optimizer`` picks on a GPU (the comparison that justified that default).
+- ``trainer``: not a bare step but ``olmo.train.run_experiment`` on the built-in corpus (Shakespeare, its BPE
+  trained to the preset's vocabulary size), compiled, as one process trains without torchrun: no FSDP, with the
+  data loading, the loss bookkeeping, grad clipping, the schedule and the callbacks of a real run. Its numbers
+  are the trainer's own SpeedMonitor metrics (its model's vocabulary is what the BPE reached, so its FLOPs per
+  step differ a little from the other cases'; MFU is comparable).
 - ``flash_attn`` (when the flash-attn package is installed): ``attention_backend=flash_attn``, compiled.
 
 FLOPs are the platform's count (olmo.nn.flops: 6N + 12·L·H·Q·T per token). MFU is against two peaks: the
@@ -36,7 +41,7 @@ import yaml
 from common import ROOT, fmt, log, machine, markdown_table, parse_args, report
 
 TARGET_MFU = 0.45
-CASES = ("eager", "eager-flash-only", "compile", "compile-foreach-adamw", "flash_attn")
+CASES = ("eager", "eager-flash-only", "compile", "compile-foreach-adamw", "trainer", "flash_attn")
 # Dense bf16 datasheet rates (no sparsity), FLOP/s, by a substring of torch.cuda.get_device_name().
 DATASHEET_BF16 = {"H100 PCIe": 756e12, "H100": 989.4e12, "H200": 989.4e12, "H800": 989.4e12, "A100": 312e12,
                   "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
@@ -47,6 +52,8 @@ def add_args(parser) -> None:
                         help="sequences per step (default: 8 on a card of 100+ GiB, else 4; --quick 4)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per case (default 10, --quick 3)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma list of: " + ", ".join(CASES))
+    parser.add_argument("--cache-dir", default=None,
+                        help="the trainer case's data cache (tokenizer, tokens); default: a temporary folder")
     parser.add_argument("--profile-dir", type=Path, default=None,
                         help="also profile 2 steps of some cases (torch.profiler) and write their kernel tables here")
     parser.add_argument("--profile-cases", default="compile", help="comma list of the cases to profile")
@@ -162,6 +169,29 @@ def fsdp_step(fields: dict[str, Any], case: str, batch_size: int, device):
     return model, step
 
 
+def trainer_run(fields: dict[str, Any], batch_size: int, steps: int, device, peak: float,
+                cache_dir: str) -> tuple[list[float], dict[str, Any]]:
+    """``steps`` + 3 steps of the real trainer; the step seconds after the first 3 (compile, warm-up) and the
+    trainer's own metrics, MFU against ``peak``."""
+    from olmo.config import ExperimentConfig
+    from olmo.train import run_experiment
+
+    data_fields = ("vocab_size", "embedding_size", "eos_token_id", "pad_token_id")  # the data decides these
+    model = {k: v for k, v in fields.items() if k not in data_fields}
+    cfg = ExperimentConfig.from_dict({
+        "model": model,
+        "data": {"cache_dir": cache_dir, "tokenizer": {"vocab_size": fields["vocab_size"]}},
+        "train": {"global_batch_size": batch_size, "seq_len": fields["max_sequence_length"], "max_steps": steps + 3,
+                  "precision": "bf16", "compile": device.type == "cuda", "eval_interval": None, "eval_batches": 1,
+                  "peak_flops_per_second": peak, "export_final_model": False},
+    })
+    history = run_experiment(cfg).history[3:]
+    info = {"mfu": statistics.median(m["train/mfu"] for m in history),
+            "tokens_per_second": statistics.median(m["train/tokens_per_second"] for m in history),
+            "final_loss": history[-1]["train/loss"]}
+    return [m["train/step_seconds"] for m in history], info
+
+
 def profile(step, device, path: Path) -> None:
     """Two profiled steps: the operators and kernels that take the time, as torch.profiler's table."""
     import torch
@@ -176,6 +206,13 @@ def profile(step, device, path: Path) -> None:
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=80))
+
+
+def case_row(case: str, r: dict[str, Any], sheet: float | None) -> list[Any]:
+    return [case, f"{r['step_seconds'] * 1000:.1f} ({r['min'] * 1000:.1f}-{r['max'] * 1000:.1f})",
+            r["tokens_per_second"], f"{r['tflops']:.1f}", r["mfu_measured"],
+            "n/a" if sheet is None else f"{r['mfu_datasheet']:.3f}",
+            "n/a" if r["max_memory_gib"] is None else f"{r['max_memory_gib']:.1f}", fmt(r["warmup_seconds"])]
 
 
 def main() -> None:
@@ -212,7 +249,7 @@ def main() -> None:
         if c not in CASES:
             raise SystemExit(f"--cases: unknown {c!r}; allowed: {', '.join(CASES)}")
     if args.quick:
-        cases = [c for c in cases if c == "eager" or (device.type == "cuda" and c == "eager-flash-only")]
+        cases = [c for c in cases if c in ("eager", "trainer") or (device.type == "cuda" and c == "eager-flash-only")]
     results: dict[str, Any] = {"card": card, "peak_measured": peak, "peak_datasheet": sheet,
                                "batch_size": batch_size, "seq_len": seq, "step_flops": step_flops,
                                "params": None, "cases": {}, "skipped": {}}
@@ -232,6 +269,25 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
+            if case == "trainer":
+                try:
+                    with contextlib.ExitStack() as stack:
+                        cache = args.cache_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="olmo-bench-"))
+                        times, info = trainer_run(fields, batch_size, steps, device, peak, cache)
+                except Exception as e:
+                    log(f"  {case}: FAILED: {type(e).__name__}: {e}")
+                    results["skipped"][case] = f"failed: {type(e).__name__}: {str(e)[:300]}"
+                    continue
+                med = statistics.median(times)
+                memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+                r = {"step_seconds": med, "min": min(times), "max": max(times),
+                     "tokens_per_second": info["tokens_per_second"], "tflops": info["mfu"] * peak / 1e12,
+                     "mfu_measured": info["mfu"], "mfu_datasheet": info["mfu"] * peak / sheet if sheet else None,
+                     "warmup_seconds": float("nan"), "final_loss": info["final_loss"], "max_memory_gib": memory}
+                results["cases"][case] = r
+                rows.append(case_row(case, r, sheet))
+                log(f"  {case}: {med * 1000:.1f} ms/step, MFU {r['mfu_measured']:.3f} of measured peak")
+                continue
             try:  # one failing case (out of memory, a compile error) must not lose the others' numbers
                 model, step = fsdp_step(fields, case, batch_size, device)
                 results["params"] = sum(p.numel() for p in model.parameters())
@@ -250,10 +306,7 @@ def main() -> None:
                  "mfu_datasheet": step_flops / med / sheet if sheet else None, "warmup_seconds": warm_s,
                  "max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
             results["cases"][case] = r
-            rows.append([case, f"{med * 1000:.1f} ({min(times) * 1000:.1f}-{max(times) * 1000:.1f})",
-                         r["tokens_per_second"], f"{r['tflops']:.1f}", r["mfu_measured"],
-                         "n/a" if sheet is None else f"{r['mfu_datasheet']:.3f}",
-                         "n/a" if r["max_memory_gib"] is None else f"{r['max_memory_gib']:.1f}", f"{warm_s:.0f}"])
+            rows.append(case_row(case, r, sheet))
             log(f"  {case}: {med * 1000:.1f} ms/step, MFU {r['mfu_measured']:.3f} of measured peak")
             del model, step
 

@@ -87,11 +87,11 @@ def test_bench_overhead(tmp_path, data_cache):
     assert "SpeedMonitor" in cases["trainer fp32-eager"]["callbacks"]
 
 
-def test_bench_gpu_quick_runs_the_fsdp_step_where_there_is_no_gpu(tmp_path):
+def test_bench_gpu_quick_runs_the_fsdp_step_where_there_is_no_gpu(tmp_path, data_cache):
     """--quick runs the GPU script's whole path (a world-of-one process group, FSDP2, bf16, the trainer's
-    loss and AdamW) on tiny shapes: on CUDA where there is one, else on CPU with gloo."""
-    r = run_quick("bench_gpu.py", tmp_path)
-    assert "eager" in r["cases"] and positive(r["peak_measured"]) and r["params"] > 0
+    loss and AdamW; the real trainer) on tiny shapes: on CUDA where there is one, else on CPU with gloo."""
+    r = run_quick("bench_gpu.py", tmp_path, "--cache-dir", data_cache)
+    assert {"eager", "trainer"} <= set(r["cases"]) and positive(r["peak_measured"]) and r["params"] > 0
     for name, c in r["cases"].items():
         assert fraction(c["mfu_measured"]), (name, c)
         assert positive(c["tokens_per_second"]) and positive(c["step_seconds"]), (name, c)
