@@ -8,7 +8,7 @@ backward, AdamW and zero_grad on one micro-batch. Cases run one after another in
 shared the way the 2-core CPU is), each timed with CUDA events over ``--steps`` steps after a warm-up:
 
 - ``eager``: attention through SDPA, PyTorch's choice of kernel.
-- ``eager flash-only``: the same step inside ``sdpa_kernel(FLASH_ATTENTION)``. It fails if our attention
+- ``eager-flash-only``: the same step inside ``sdpa_kernel(FLASH_ATTENTION)``. It fails if our attention
   call cannot use the flash kernel (an explicit mask, say), so a pass proves the kernel is flash.
 - ``compile``: each block compiled (``train.compile=true``).
 - ``compile-foreach-adamw``: ``compile`` with AdamW's foreach update instead of the fused CUDA kernel that
@@ -24,7 +24,7 @@ FLOPs are the platform's count (olmo.nn.flops: 6N + 12·L·H·Q·T per token). M
 bf16 matmul rate measured here (8192³, median of repeats) and the card's dense bf16 datasheet rate where the
 card is known (H100/H200 SXM: 989 TFLOP/s). The target (MFU ≥ 0.45) is judged against the datasheet.
 
-    python benchmarks/bench_gpu.py               # CUDA only: ~3 min on an H100/H200 (compile included)
+    python benchmarks/bench_gpu.py               # CUDA only: ~1 min on an H100/H200 (compile included)
     python benchmarks/bench_gpu.py --quick       # any machine: tiny shapes, CUDA if present, else CPU (gloo)
 """
 
@@ -49,7 +49,7 @@ DATASHEET_BF16 = {"H100 PCIe": 756e12, "H100": 989.4e12, "H200": 989.4e12, "H800
 
 def add_args(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="sequences per step (default: 8 on a card of 100+ GiB, else 4; --quick 4)")
+                        help="sequences per step (default: 8 on a card of 64+ GiB, else 4; --quick 4)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per case (default 10, --quick 3)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma list of: " + ", ".join(CASES))
     parser.add_argument("--cache-dir", default=None,
@@ -236,7 +236,7 @@ def main() -> None:
     fields = model_fields(args.quick)
     config = ModelConfig(**fields)
     total_gib = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else 0
-    batch_size = args.batch_size or (4 if args.quick or total_gib < 100 else 8)
+    batch_size = args.batch_size or (4 if args.quick or total_gib < 64 else 8)  # batch 8: at most 57 GiB
     steps = args.steps or (3 if args.quick else 10)
     seq = config.max_sequence_length
     step_flops = batch_size * seq * flops_per_token(config, seq).total
