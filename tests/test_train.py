@@ -231,3 +231,29 @@ def test_sigterm_saves_a_checkpoint_and_the_job_resumes(data_cache, tmp_path):
     assert min(map(int, resumed["losses"])) == first["final_step"] + 1
     for k, v in resumed["losses"].items():
         assert straight["losses"][k] == v
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_eager_losses_and_compile_once(data_cache):
+    """train.compile=true compiles each block; all blocks share one graph per grad mode (the RoPE table is
+    built before them, so no block changes what the next one was specialised on), and training gives the eager
+    losses."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    def no_dropout(**train):  # dropout draws different random numbers in compiled code
+        cfg = tiny(data_cache, max_steps=4, eval_interval=None, **train)
+        cfg.model = cfg.model.replace(residual_dropout=0.0)
+        return cfg
+
+    eager = run_experiment(no_dropout())
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = run_experiment(no_dropout(compile=True))
+    # One graph for the training steps and one for the final evaluation (no_grad); without the RoPE table built
+    # before the blocks, the second block recompiled the training graph (3).
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+    eager_losses, compiled_losses = losses_of(eager), losses_of(compiled)
+    assert eager_losses.keys() == compiled_losses.keys()
+    for step, loss in eager_losses.items():
+        assert compiled_losses[step] == pytest.approx(loss, rel=1e-4), step

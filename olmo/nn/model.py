@@ -155,6 +155,7 @@ class OLMo(nn.Module):
             x = self.transformer.emb_norm(x)
         x = self.positional.embed(self.transformer, x, past_length)
         x = self.transformer.emb_drop(x)
+        self.positional.prepare(past_length + t, x.device)
 
         ctx = self._attention_context(
             b, t, past_length, x.device, attention_mask, attention_bias, doc_lens, max_doc_lens

@@ -3,6 +3,7 @@
 A scheme is a small stateless strategy with three hooks the model calls; the default of each hook does
 nothing, so a scheme implements only what it changes:
 - ``make_modules``: parameters the scheme owns (learned: ``transformer.wpe``),
+- ``prepare``: builds the tables a forward of ``length`` positions will read, before the blocks run,
 - ``embed``: applied to the token embeddings,
 - ``rotate``: applied to queries and new keys,
 - ``attention_bias``: an additive (1, H, T, Tk) bias.
@@ -30,6 +31,11 @@ class PositionalScheme:
 
     def make_modules(self) -> dict[str, nn.Module]:
         return {}
+
+    def prepare(self, length: int, device: torch.device) -> None:
+        """Build what ``rotate`` will read for positions < ``length``. The model calls it before its blocks,
+        so compiled blocks only read the shared cache: a block that filled it would change what the next
+        block's compiled code was specialised on and make it compile again."""
 
     def embed(self, transformer: nn.ModuleDict, x: torch.Tensor, past_length: int) -> torch.Tensor:
         return x
@@ -89,6 +95,9 @@ class RotaryPositions(PositionalScheme):
 
         table = self.cache.get_or_build("rope_sin_cos", length, device, build)
         return table[0, :length], table[1, :length]
+
+    def prepare(self, length: int, device: torch.device) -> None:
+        self._sin_cos(length, device)
 
     @staticmethod
     def _rotate_half(x: torch.Tensor) -> torch.Tensor:
