@@ -12,24 +12,12 @@ import math
 import pytest
 import torch
 from model_helpers import random_ids, tiny_config
-from train_helpers import losses_of, tiny
+from train_helpers import StopAt, losses_of, tiny
 
 from olmo import OLMo, OLMoConfigurationError
-from olmo.train import Callback, run_experiment
+from olmo.train import run_experiment
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-
-
-class StopAt(Callback):
-    name = "stop_at"
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer, metrics):
-        if trainer.state.step == self.step:
-            trainer.save_checkpoint()
-            trainer.request_stop("stopped")
 
 
 def test_trainer_trains_in_bf16_on_the_gpu_with_a_sane_mfu(data_cache):

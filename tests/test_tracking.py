@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from train_helpers import StopAt
 
 from olmo.config import ExperimentConfig
 from olmo.tracking import (
@@ -20,7 +21,6 @@ from olmo.tracking import (
     run_tracked,
     sqlite_uri,
 )
-from olmo.train import Callback
 from olmo.train.callbacks import NonFiniteLossError
 
 
@@ -47,20 +47,6 @@ def store(tmp_path) -> MlflowClient:
 
 def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
-
-
-class StopAt(Callback):
-    """Checkpoint and stop cleanly after step K, as a preempted job does."""
-
-    name = "stop_at"
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer, metrics):
-        if trainer.state.step == self.step:
-            trainer.save_checkpoint()
-            trainer.request_stop("preempted")
 
 
 def test_config_hash_ignores_where_things_are_written(data_cache):
@@ -121,7 +107,7 @@ def test_tracked_job_logs_params_tags_flops_artifacts_and_is_skipped_when_done(t
 def test_a_stopped_job_resumes_the_same_run_without_duplicate_steps(tmp_path, data_cache, one_torch_thread):
     cfg = tiny(data_cache)
     ctx = context(tmp_path)
-    first = run_tracked(cfg, ctx, callbacks=[StopAt(4)])
+    first = run_tracked(cfg, ctx, callbacks=[StopAt(4, status="preempted")])
     assert first.status == "preempted" and first.steps == 4
     c = store(tmp_path)
     assert c.get_run(first.run_id).info.status == "KILLED"
@@ -136,24 +122,11 @@ def test_a_stopped_job_resumes_the_same_run_without_duplicate_steps(tmp_path, da
     assert len(runs) == 1
 
 
-class StopWithoutCheckpoint(Callback):
-    """Stop after step K without a checkpoint, as a job preempted before its first checkpoint."""
-
-    name = "stop_without_checkpoint"
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer, metrics):
-        if trainer.state.step == self.step:
-            trainer.request_stop("preempted")
-
-
 def test_a_job_preempted_before_its_first_checkpoint_continues_its_run_in_the_same_sweep(tmp_path, data_cache,
                                                                                           one_torch_thread):
     cfg = tiny(data_cache, checkpoint_interval=100)
     ctx = context(tmp_path, sweep_id="s1")
-    first = run_tracked(cfg, ctx, callbacks=[StopWithoutCheckpoint(4)])
+    first = run_tracked(cfg, ctx, callbacks=[StopAt(4, status="preempted", checkpoint=False)])
     assert first.status == "preempted"
     c = store(tmp_path)
     assert c.get_run(first.run_id).info.status == "KILLED"

@@ -10,13 +10,13 @@ import sys
 
 import numpy as np
 import pytest
-from train_helpers import JOB, losses_of, run_job, tiny
+from train_helpers import JOB, StopAt, losses_of, run_job, tiny
 
 from olmo.checkpoint import latest_checkpoint, list_checkpoints, load_unsharded
 from olmo.config import SchedulerConfig
 from olmo.errors import OLMoConfigurationError
 from olmo.nn.flops import flops_per_token
-from olmo.train import Callback, NonFiniteLossError, build_job, run_experiment, training_budget
+from olmo.train import NonFiniteLossError, build_job, run_experiment, training_budget
 from olmo.train.schedule import lr_at
 
 
@@ -136,18 +136,6 @@ def test_schedules_warm_up_then_decay():
 
 
 # ----- checkpoints and faults ---------------------------------------------------------------------------
-class StopAt(Callback):
-    name = "stop_at"
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer, metrics):
-        if trainer.state.step == self.step:
-            trainer.save_checkpoint()
-            trainer.request_stop("stopped")
-
-
 def test_resume_is_bitwise_identical_in_one_process(data_cache, tmp_path):
     straight = run_experiment(tiny(data_cache, str(tmp_path / "a"), max_steps=8))
     first = run_experiment(tiny(data_cache, str(tmp_path / "b"), max_steps=8), callbacks=[StopAt(4)])

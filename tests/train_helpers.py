@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from olmo.config import ExperimentConfig
+from olmo.train import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "tests" / "jobs" / "train_job.py"
@@ -53,4 +54,19 @@ def _free_port() -> int:
 def losses_of(result) -> dict[int, float]:
     return {int(m["step"]): m["train/loss"] for m in result.history}
 
+
+class StopAt(Callback):
+    """Checkpoint (unless ``checkpoint`` is False) and stop cleanly after step K, as a preempted job does;
+    the run ends with ``status``."""
+
+    name = "stop_at"
+
+    def __init__(self, step: int, status: str = "stopped", checkpoint: bool = True) -> None:
+        self.step, self.status, self.checkpoint = step, status, checkpoint
+
+    def on_step_end(self, trainer, metrics):
+        if trainer.state.step == self.step:
+            if self.checkpoint:
+                trainer.save_checkpoint()
+            trainer.request_stop(self.status)
 

@@ -1,6 +1,6 @@
 """Positional-scheme axis (``positional``): RoPE, ALiBi, learned absolute embeddings, or none (NoPE).
 
-A scheme is a small stateless strategy with three hooks the model calls; the default of each hook does
+A scheme is a small stateless strategy with hooks the model calls; the default of each hook does
 nothing, so a scheme implements only what it changes:
 - ``make_modules``: parameters the scheme owns (learned: ``transformer.wpe``),
 - ``prepare``: builds the tables a forward of ``length`` positions will read, before the blocks run,

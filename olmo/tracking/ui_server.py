@@ -133,11 +133,16 @@ def _answers(url: str) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    return _exists(os.kill, pid)
+
+
+def _exists(send_signal, target: int) -> bool:
+    """Whether a process (os.kill) or process group (os.killpg) exists: signal 0 checks without sending."""
     try:
-        os.kill(pid, 0)
+        send_signal(target, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # it exists, but belongs to someone else
         return True
     return True
 
@@ -159,13 +164,7 @@ def _free_port() -> int:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _exists(os.killpg, pgid)
 
 
 def _stop_group(pgid: int, timeout: float = 30.0) -> None:
