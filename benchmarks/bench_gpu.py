@@ -170,9 +170,9 @@ def fsdp_step(fields: dict[str, Any], case: str, batch_size: int, device):
 
 
 def trainer_run(fields: dict[str, Any], batch_size: int, steps: int, device, peak: float,
-                cache_dir: str) -> tuple[list[float], dict[str, Any]]:
-    """``steps`` + 3 steps of the real trainer; the step seconds after the first 3 (compile, warm-up) and the
-    trainer's own metrics, MFU against ``peak``."""
+                cache_dir: str) -> tuple[list[float], float, dict[str, Any]]:
+    """``steps`` + 3 steps of the real trainer: the seconds of the steps after the first 3 (compile, warm-up),
+    the trainer's FLOPs per step (its model has the BPE's vocabulary) and its final loss."""
     from olmo.config import ExperimentConfig
     from olmo.train import run_experiment
 
@@ -186,10 +186,22 @@ def trainer_run(fields: dict[str, Any], batch_size: int, steps: int, device, pea
                   "peak_flops_per_second": peak, "export_final_model": False},
     })
     history = run_experiment(cfg).history[3:]
-    info = {"mfu": statistics.median(m["train/mfu"] for m in history),
-            "tokens_per_second": statistics.median(m["train/tokens_per_second"] for m in history),
-            "final_loss": history[-1]["train/loss"]}
-    return [m["train/step_seconds"] for m in history], info
+    last = history[-1]
+    flops = last["train/mfu"] * peak * last["train/step_seconds"]  # SpeedMonitor's MFU, one device
+    return [m["train/step_seconds"] for m in history], flops, {"final_loss": last["train/loss"]}
+
+
+def timed_fsdp_step(fields: dict[str, Any], case: str, batch_size: int, steps: int, device,
+                    profile_path: Path | None) -> tuple[list[float], float, dict[str, Any]]:
+    """The seconds of ``steps`` steps after 3 warm-up steps, the build and warm-up seconds, the parameter count;
+    the model is freed on return."""
+    start = time.perf_counter()
+    model, step = fsdp_step(fields, case, batch_size, device)
+    times = time_calls(step, device, 3, steps)
+    warmup_s = time.perf_counter() - start - sum(times)
+    if profile_path is not None:
+        profile(step, device, profile_path)
+    return times, warmup_s, {"params": sum(p.numel() for p in model.parameters())}
 
 
 def profile(step, device, path: Path) -> None:
@@ -268,47 +280,31 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            t0 = time.perf_counter()
-            if case == "trainer":
-                try:
+            try:  # one failing case (out of memory, a compile error) must not lose the others' numbers
+                if case == "trainer":
                     with contextlib.ExitStack() as stack:
                         cache = args.cache_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="olmo-bench-"))
-                        times, info = trainer_run(fields, batch_size, steps, device, peak, cache)
-                except Exception as e:
-                    log(f"  {case}: FAILED: {type(e).__name__}: {e}")
-                    results["skipped"][case] = f"failed: {type(e).__name__}: {str(e)[:300]}"
-                    continue
-                med = statistics.median(times)
-                memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-                r = {"step_seconds": med, "min": min(times), "max": max(times),
-                     "tokens_per_second": info["tokens_per_second"], "tflops": info["mfu"] * peak / 1e12,
-                     "mfu_measured": info["mfu"], "mfu_datasheet": info["mfu"] * peak / sheet if sheet else None,
-                     "warmup_seconds": float("nan"), "final_loss": info["final_loss"], "max_memory_gib": memory}
-                results["cases"][case] = r
-                rows.append(case_row(case, r, sheet))
-                log(f"  {case}: {med * 1000:.1f} ms/step, MFU {r['mfu_measured']:.3f} of measured peak")
-                continue
-            try:  # one failing case (out of memory, a compile error) must not lose the others' numbers
-                model, step = fsdp_step(fields, case, batch_size, device)
-                results["params"] = sum(p.numel() for p in model.parameters())
-                times = time_calls(step, device, 3, steps)
-                warm_s = time.perf_counter() - t0 - sum(times)
-                if args.profile_dir is not None and case in args.profile_cases.split(","):
-                    profile(step, device, args.profile_dir / f"profile-{case}.txt")
+                        times, flops, extra = trainer_run(fields, batch_size, steps, device, peak, cache)
+                    warmup_s = float("nan")  # inside the trainer
+                else:
+                    profile_path = None
+                    if args.profile_dir is not None and case in args.profile_cases.split(","):
+                        profile_path = args.profile_dir / f"profile-{case}.txt"
+                    times, warmup_s, extra = timed_fsdp_step(fields, case, batch_size, steps, device, profile_path)
+                    results["params"], flops = extra.pop("params"), step_flops
             except Exception as e:
                 log(f"  {case}: FAILED: {type(e).__name__}: {e}")
                 results["skipped"][case] = f"failed: {type(e).__name__}: {str(e)[:300]}"
-                model = step = None
                 continue
             med = statistics.median(times)
             r = {"step_seconds": med, "min": min(times), "max": max(times), "tokens_per_second": batch_size * seq / med,
-                 "tflops": step_flops / med / 1e12, "mfu_measured": step_flops / med / peak,
-                 "mfu_datasheet": step_flops / med / sheet if sheet else None, "warmup_seconds": warm_s,
-                 "max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+                 "tflops": flops / med / 1e12, "mfu_measured": flops / med / peak,
+                 "mfu_datasheet": flops / med / sheet if sheet else None, "warmup_seconds": warmup_s,
+                 "max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+                 **extra}
             results["cases"][case] = r
             rows.append(case_row(case, r, sheet))
             log(f"  {case}: {med * 1000:.1f} ms/step, MFU {r['mfu_measured']:.3f} of measured peak")
-            del model, step
 
     best = max(results["cases"].items(), key=lambda kv: kv[1]["tokens_per_second"], default=None)
     target_line = ""
