@@ -58,6 +58,7 @@ import yaml
 
 from olmo.errors import OLMoConfigurationError, bad_value
 from olmo.train.callbacks import Callback
+from sweeps.ask_gate import NothingToAsk, gate_asks, lock_for
 
 log = logging.getLogger("sweeps.search")
 
@@ -1034,15 +1035,16 @@ def worker_main(plan_path: str, worker: str, worker_index: int = 0) -> dict[str,
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = load_study(plan, worker_index)
-        if plan.storage.startswith("sqlite"):
-            serialize_asks(study, Path(plan.study_dir) / "ask.lock")
         spec = plan.spec
+        gate_asks(study, lock_for(plan.storage, plan.study, Path(plan.study_dir) / "ask.lock"),
+                  lambda s: progress(s).pending(spec.n_trials))
         objective = Objective(plan, spec, worker)
         while not _Stop.requested:
-            if progress(study).pending(spec.n_trials) == 0:
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_after_trial(spec)],
+                               gc_after_trial=True)
+            except NothingToAsk:  # every one of the n_trials is taken (checked and asked under one lock)
                 break
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_after_trial(spec)],
-                           gc_after_trial=True)
             ran += 1
         broadcast_object(None)
         return {"worker": worker, "trials": ran, "status": "interrupted" if _Stop.requested else "ok"}
@@ -1050,29 +1052,6 @@ def worker_main(plan_path: str, worker: str, worker_index: int = 0) -> dict[str,
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         shutdown_distributed()
-
-
-def serialize_asks(study: Any, lock_path: Path) -> None:
-    """One ``study.ask()`` at a time among this machine's workers of a sqlite study.
-
-    ``ask()`` hands out a waiting (enqueued or retried) trial by reading it WAITING and then setting it RUNNING;
-    RDBStorage relies on SELECT ... FOR UPDATE for that, which sqlite ignores, so two workers asking at once both
-    got the same trial and trained it into the same folder (seen in CI). A sqlite file is on one machine: a file
-    lock around ``ask()`` (study.optimize calls it) is enough. PostgreSQL locks the row itself.
-    """
-    import fcntl
-
-    ask = study.ask
-
-    def locked_ask(*args: Any, **kwargs: Any) -> Any:
-        with open(lock_path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                return ask(*args, **kwargs)
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    study.ask = locked_ask
 
 
 def _request_stop(signum: int, frame: Any) -> None:

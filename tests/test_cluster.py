@@ -620,3 +620,17 @@ def test_a_job_at_its_time_limit_checkpoints_is_requeued_and_finishes(cluster, t
     assert_each_step_once([s for s, _ in history(cluster, t.run.info.run_id)], TIMED_STEPS)
     logs = "".join(p.read_text() for p in t.sweep.results.rglob(f".submitit/{t.job_id}/*_log.*"))
     assert "this job is timed-out" in logs, "submitit did not see a time limit"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::optuna.exceptions.ExperimentalWarning")
+def test_workers_racing_on_postgresql_create_exactly_n_trials(cluster, tmp_path):
+    """The advisory lock of sweeps/ask_gate.py: 8 workers, 5 trials (2 enqueued), none created twice or run twice."""
+    import optuna
+
+    from tests.ask_race import race_asks
+
+    trials, taken = race_asks(cluster.pg_optuna_url, f"race-{uuid.uuid4().hex[:8]}", n_trials=5, workers=8,
+                              lock_file=tmp_path / "unused.lock", enqueued=2)
+    assert len(trials) == 5, [(t.number, t.state.name) for t in trials]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert sum(taken) == 5

@@ -372,3 +372,16 @@ def test_a_worker_killed_mid_trial_gets_its_trial_retried(tmp_path, results, dat
     status = {int(r.data.tags["optuna.trial"]): r.info.status for r in children}
     assert status[victim.number] == "FAILED" and status[retries[0].number] == "FINISHED"
     assert "1 complete, 0 pruned, 1 failed (1 retried)" in out
+
+
+# ----- many workers asking at once ------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.parametrize("store", ["sqlite", "journal"])
+def test_racing_workers_create_exactly_n_trials_and_never_share_one(tmp_path, store):
+    from tests.ask_race import race_asks
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}" if store == "sqlite" else f"journal:{tmp_path / 'optuna.log'}"
+    trials, taken = race_asks(url, "race", n_trials=5, workers=6, lock_file=tmp_path / "ask.lock", enqueued=2)
+    assert len(trials) == 5, [(t.number, t.state.name) for t in trials]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert sum(taken) == 5  # each trial was taken by one worker: the two enqueued ones were not run twice
