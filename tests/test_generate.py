@@ -26,7 +26,12 @@ from olmo.generate import (
     generate,
 )
 from olmo.generate.cli import left_pad
-from olmo.generate.decoder import fast_decode_unsupported
+from olmo.generate.decoder import (
+    FastDecoder,
+    choose_linear_kernel,
+    fast_decode_unsupported,
+    onednn_linear_available,
+)
 from olmo.generate.scorers import sequence_lengths
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -242,15 +247,30 @@ def test_fast_decoder_matches_forward_options(extra, norm):
                                  eos_token_id=0, **extra))
 
 
+@pytest.mark.parametrize(("batch", "beam", "kernel"), [(1, 1, "transposed"), (2, 2, "onednn"), (8, 1, "onednn")])
 @pytest.mark.parametrize("block", ["sequential", "llama", "parallel"])
-def test_fast_decoder_with_transposed_weights_matches_forward(block):
-    # max_steps >= 64 on CPU: the decoder multiplies by (in, out) copies of the weights (biases included here).
+def test_fast_decoder_linear_kernels_match_forward(block, batch, beam, kernel):
+    # 64 steps on CPU: one row multiplies by (in, out) weight copies, 4+ rows by oneDNN-prepacked weights (biases
+    # included here); both round differently from F.linear only.
+    if kernel == "onednn" and not onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN")
+    assert choose_linear_kernel(torch.device("cpu"), batch * beam, 64) == kernel
     model = make_model(block_type=block, include_bias=True, weight_tying=False, n_kv_heads=2, scale=0.3)
-    x = prompts(2, seed=3)
-    a = generate(model, x, max_steps=64, min_steps=64, beam_size=2)
-    b = generate(model, x, max_steps=64, min_steps=64, beam_size=2, decoder="forward")
+    x = prompts(batch, seed=3)
+    a = generate(model, x, max_steps=64, min_steps=64, beam_size=beam)
+    b = generate(model, x, max_steps=64, min_steps=64, beam_size=beam, decoder="forward")
     assert torch.equal(a.token_ids, b.token_ids)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=1e-5)
+
+
+def test_linear_kernel_choice():
+    cpu = torch.device("cpu")
+    assert choose_linear_kernel(cpu, 8, 16) == "plain"  # too short to pay for a weight copy
+    assert choose_linear_kernel(cpu, 1, 32) == "plain"
+    assert choose_linear_kernel(cpu, 2, 64) == "transposed"
+    assert choose_linear_kernel(torch.device("cuda"), 8, 512) == "plain"  # no tensor is made: no GPU needed
+    with pytest.raises(ValueError, match="linear='fast' is invalid; allowed: plain, transposed, onednn"):
+        FastDecoder(make_model(), linear="fast")
 
 
 @pytest.mark.slow

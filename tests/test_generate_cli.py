@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -154,3 +155,18 @@ def test_benchmark_quick_runs():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("same greedy tokens: True") == 2
+
+
+@pytest.mark.slow
+def test_decode_linear_benchmark_quick_runs(tmp_path):
+    out = tmp_path / "linear.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_decode_linear.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["rows"] for r in rows] == [1, 8]
+    for r in rows:
+        assert {"plain", "transposed"} <= set(r["ms_per_step"])
+        assert all(t > 0 for t in r["ms_per_step"].values()) and all(t >= 0 for t in r["copy_ms"].values())

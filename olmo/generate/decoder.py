@@ -12,11 +12,13 @@ computes exactly the same function for the decode steps (the prompt still goes t
 - linear layers, norms and activations called functionally (norms and activations of unknown types are
   called through their own ``forward``);
 - RMSNorm as one fused LayerNorm over [x, -x] (see ``FastDecoder._rms_norm``), equal to it up to rounding;
-- on CPU, for long generations, (in, out) copies of the weights, which CPU BLAS multiplies a few rows by faster
-  (the products round differently, within 1e-6).
+- on CPU, for long generations, a faster kernel for the linear layers (``choose_linear_kernel``): at one row,
+  (in, out) copies of the weights, which CPU BLAS multiplies a row by faster; at 4 rows or more, oneDNN with the
+  weights prepacked for that row count, which takes half the time of MKL's sgemm for such skinny products
+  (benchmarks in docs/benchmarks.md). Both round differently from ``F.linear``, within 1e-5.
 
-Models without RMSNorm decode bit for bit as ``OLMo.forward`` does (without the weight copies); the two
-changes above move the log-probabilities by rounding only.
+Models without RMSNorm decode bit for bit as ``OLMo.forward`` does (with the plain linear kernel); RMSNorm and
+the linear kernels move the log-probabilities by rounding only.
 
 It covers the block types, positional schemes and norms registered today, in fp32 without autocast, on plain
 (unsharded) parameters. ``fast_decode_unsupported`` names the reason when a model is outside that set, and
@@ -27,6 +29,7 @@ decodes through the general path until it is added here. tests/test_generate.py 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -64,15 +67,52 @@ def fast_decode_unsupported(model: OLMo) -> str | None:
     return None
 
 
+LINEAR_KERNELS = ("plain", "transposed", "onednn")
+
+
+@functools.cache
+def onednn_linear_available() -> bool:
+    """Whether this torch build has oneDNN's prepacked fp32 linear (CPU builds with mkldnn do)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 2), 1)
+        return bool(torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2), w, None, "none", [], "").eq(2).all())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def choose_linear_kernel(device: torch.device, rows: int, max_steps: int) -> str:
+    """The fastest linear kernel for ``rows`` decoded rows (batch x beam) over ``max_steps`` steps.
+
+    Measured on CPU (docs/benchmarks.md): at one row, (in, out) weight copies take 0.7x the time of ``F.linear``,
+    and pay for their copy after ~40 steps; from 4 rows on, oneDNN with prepacked weights takes 0.5x, and pays for
+    its prepacking (a few ms for a small model) after ~20 steps. On GPUs ``F.linear`` is the right kernel.
+    """
+    if device.type != "cpu":
+        return "plain"
+    if rows >= 4 and max_steps >= 32 and onednn_linear_available():
+        return "onednn"
+    if max_steps >= 64:
+        return "transposed"
+    return "plain"
+
+
 class FastDecoder:
     """Decode steps for ``model`` (in eval mode) with KV caches that the caller owns and reorders."""
 
-    def __init__(self, model: OLMo, transpose_weights: bool = False) -> None:
-        """``transpose_weights``: keep (in, out) copies of the linear weights for this decoder's lifetime. CPU BLAS
-        multiplies a few rows by them faster than by the (out, in) originals (a tenth of a small model's step at
-        batch 1); the copy costs about as much as 20 steps gain, so it is for longer generations."""
+    def __init__(self, model: OLMo, linear: str = "plain", rows: int = 1) -> None:
+        """``linear``: the kernel of the linear layers (see ``choose_linear_kernel``); "transposed" and "onednn"
+        keep a copy of every linear weight for this decoder's lifetime (the weights cannot change meanwhile: a
+        decoder lives for one ``generate`` call). ``rows``: the number of rows each step decodes, for which
+        oneDNN prepacks the weights."""
+        if linear not in LINEAR_KERNELS:
+            raise ValueError(f"linear={linear!r} is invalid; allowed: {', '.join(LINEAR_KERNELS)}")
+        if linear == "onednn" and not onednn_linear_available():
+            raise ValueError("linear='onednn' needs a torch build with oneDNN (torch.backends.mkldnn)")
         self.model = model
-        self._transposed: dict[int, torch.Tensor] | None = {} if transpose_weights else None
+        self.linear_kernel, self.rows = linear, rows
+        self._weight_copies: dict[int, torch.Tensor] = {}
         self.config = c = model.config
         self.t = model.transformer
         self.blocks = model.blocks
@@ -201,12 +241,18 @@ class FastDecoder:
         return self._linear(block.act.forward(h), block.ff_out.weight, block.ff_out.bias)
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self._transposed is None:
+        kernel = self.linear_kernel
+        if kernel == "plain":
             return F.linear(x, weight, bias)
-        wt = self._transposed.get(id(weight))
-        if wt is None:
-            wt = self._transposed[id(weight)] = weight.t().contiguous()
-        out = torch.matmul(x, wt)
+        copy = self._weight_copies.get(id(weight))
+        if kernel == "onednn":
+            if copy is None:
+                copy = self._weight_copies[id(weight)] = torch.ops.mkldnn._reorder_linear_weight(
+                    weight.detach(), self.rows)
+            return torch.ops.mkldnn._linear_pointwise(x, copy, bias, "none", [], "")
+        if copy is None:
+            copy = self._weight_copies[id(weight)] = weight.detach().t().contiguous()
+        out = torch.matmul(x, copy)
         return out if bias is None else out + bias
 
     def _norm(self, norm: Norm, x: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from olmo.generate.beam_search import BeamSearch, StepState
 from olmo.generate.constraints import Constraint
-from olmo.generate.decoder import FastDecoder, fast_decode_unsupported
+from olmo.generate.decoder import FastDecoder, choose_linear_kernel, fast_decode_unsupported
 from olmo.generate.samplers import Sampler
 from olmo.generate.scorers import FinalSequenceScorer
 
@@ -85,8 +85,8 @@ def generate(
 
     fast = None
     if decoder == "auto" and fast_decode_unsupported(model) is None:
-        # On CPU, (in, out) weight copies make the steps faster; the copy pays for itself after ~40 steps.
-        fast = FastDecoder(model, transpose_weights=model.device.type == "cpu" and max_steps >= 64)
+        rows = batch_size * beam_size
+        fast = FastDecoder(model, linear=choose_linear_kernel(model.device, rows, max_steps), rows=rows)
 
     def fast_step(last_predictions: torch.Tensor, state: StepState, timestep: int) -> tuple[torch.Tensor, StepState]:
         mask = state.get("attention_mask")
