@@ -13,7 +13,7 @@ computes exactly the same function for the decode steps (the prompt still goes t
   called through their own ``forward``);
 - RMSNorm as one fused LayerNorm over [x, -x] (see ``FastDecoder._rms_norm``), equal to it up to rounding;
 - on CPU, for long generations, a faster kernel for the linear layers (``choose_linear_kernel``): at one row,
-  (in, out) copies of the weights, which CPU BLAS multiplies a row by faster; at 4 rows or more, oneDNN with the
+  (in, out) copies of the weights, which CPU BLAS multiplies a row by faster; at 2 rows or more, oneDNN with the
   weights prepacked for that row count, which takes half the time of MKL's sgemm for such skinny products
   (benchmarks in docs/benchmarks.md). Both round differently from ``F.linear``, within 1e-5.
 
@@ -85,13 +85,15 @@ def onednn_linear_available() -> bool:
 def choose_linear_kernel(device: torch.device, rows: int, max_steps: int) -> str:
     """The fastest linear kernel for ``rows`` decoded rows (batch x beam) over ``max_steps`` steps.
 
-    Measured on CPU (docs/benchmarks.md): at one row, (in, out) weight copies take 0.7x the time of ``F.linear``,
-    and pay for their copy after ~40 steps; from 4 rows on, oneDNN with prepacked weights takes 0.5x, and pays for
-    its prepacking (a few ms for a small model) after ~20 steps. On GPUs ``F.linear`` is the right kernel.
+    Measured on CPU (benchmarks/bench_decode_linear.py, docs/benchmarks.md): at one row, (in, out) weight copies
+    take 0.74x the time of ``F.linear`` (oneDNN 1.0x) and pay for their copy after ~40-60 steps; from 2 rows on,
+    oneDNN with prepacked weights takes 0.71x (2 rows) to 0.48x (32 rows) and pays for its prepacking (a few ms
+    for a small model) within ~20 steps, while the (in, out) copies lose from 4 rows on. On GPUs ``F.linear`` is
+    the right kernel.
     """
     if device.type != "cpu":
         return "plain"
-    if rows >= 4 and max_steps >= 32 and onednn_linear_available():
+    if rows >= 2 and max_steps >= 32 and onednn_linear_available():
         return "onednn"
     if max_steps >= 64:
         return "transposed"
