@@ -20,12 +20,13 @@ from common import (
     QUICK,
     TINY,
     Case,
+    best_peak,
     flops_per_step,
     log,
     markdown_table,
-    matmul_case,
     our_config,
     parse_args,
+    peak_cases,
     report,
     run_cases,
 )
@@ -91,14 +92,14 @@ def main() -> None:
     rows, results = [], {"mode": mode, "peak_flops_per_second": [], "variants": {}}
     for g in range(0, max(1, len(others)), GROUP):
         members = [base_variant, *others[g : g + GROUP]]
-        group = [matmul_case(f"peak {args.precision}", args.precision, peak_size, threads=args.threads)]
-        group += [case(*v) for v in members]
+        peak_group = peak_cases(args.precision, peak_size, threads=args.threads)
+        group = [*peak_group, *[case(*v) for v in members]]
         log(f"group {g // GROUP + 1}: {len(group)} cases ({mode}), {args.repeats} rounds")
         timings = run_cases(group, args.repeats)
-        peak = timings[group[0].name].flops_per_second
+        peak = best_peak(timings, peak_group).flops_per_second
         results["peak_flops_per_second"].append(peak)
-        base = timings[group[1].name]
-        for (axis, value, _), c in zip(members, group[1:], strict=True):
+        base = timings[group[len(peak_group)].name]
+        for (axis, value, _), c in zip(members, group[len(peak_group):], strict=True):
             if axis == "base" and g > 0:
                 continue  # the base row comes from the first group
             t = timings[c.name]

@@ -1,5 +1,9 @@
 """The machine's matmul peak: FLOP/s of square fp32 and bf16 matmuls, the denominator of MFU.
 
+Each dtype is timed with every kernel our linear layers may use (olmo.nn.linear.matmul_kernels): ``aten``
+(torch.mm: MKL's sgemm in fp32, oneDNN in bf16) and, in fp32 on CPU, ``onednn`` (oneDNN's fp32 product); the
+peak is the best of them.
+
 Every (dtype, threads, size) is a case in its own process, timed interleaved; the peak of a (dtype, threads)
 is the best median over sizes (small matrices do not reach it, very large ones fall out of cache). One-thread
 cases are timed in process CPU seconds, multi-thread cases in wall seconds (a busy neighbour makes those
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from common import fmt, log, markdown_table, matmul_case, parse_args, report, run_cases
+from common import fmt, log, markdown_table, matmul_case, parse_args, peak_kernels, report, run_cases
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -45,8 +49,8 @@ def main() -> None:
     thread_counts = [1] if args.quick else [int(t) for t in args.thread_counts.split(",")]
     sizes = [256, 512] if args.quick else [int(s) for s in args.sizes.split(",")]
     cases = [
-        matmul_case(f"{p} {t}t {n}", p, n, threads=t, seconds=0.1 if args.quick else 0.3)
-        for t in thread_counts for p in PRECISIONS for n in sizes
+        matmul_case(f"{p} {t}t {n} {k}", p, n, threads=t, seconds=0.1 if args.quick else 0.3, kernel=k)
+        for t in thread_counts for p in PRECISIONS for k in peak_kernels(p) for n in sizes
     ]
     log(f"{len(cases)} cases, {args.repeats} rounds")
     timings = run_cases(cases, args.repeats)
@@ -54,16 +58,18 @@ def main() -> None:
     rows, peaks = [], {}
     for t in timings.values():
         p, threads, size = t.case.precision, t.case.threads, t.case.size
-        rows.append([p, threads, size, t.case.clock, f"{t.flops_per_second / 1e9:.1f}", f"±{t.spread * 100:.0f}%"])
+        rows.append([p, t.case.kernel, threads, size, t.case.clock, f"{t.flops_per_second / 1e9:.1f}",
+                     f"±{t.spread * 100:.0f}%"])
         key = f"{p} {threads}t"
         if key not in peaks or t.flops_per_second > peaks[key]["flops_per_second"]:
-            peaks[key] = {"precision": p, "threads": threads, "size": size, "flops_per_second": t.flops_per_second,
+            peaks[key] = {"precision": p, "threads": threads, "size": size, "kernel": t.case.kernel,
+                          "flops_per_second": t.flops_per_second,
                           "clock": t.case.clock}
     for peak in peaks.values():
         peak["trainer_estimate"] = trainer_estimate(peak["precision"], peak["threads"])
     summary = [
-        [k, f"{v['flops_per_second'] / 1e9:.1f}", v["size"], v["clock"], f"{v['trainer_estimate'] / 1e9:.1f}",
-         v["trainer_estimate"] / v["flops_per_second"]]
+        [k, f"{v['flops_per_second'] / 1e9:.1f}", v["kernel"], v["size"], v["clock"],
+         f"{v['trainer_estimate'] / 1e9:.1f}", v["trainer_estimate"] / v["flops_per_second"]]
         for k, v in peaks.items()
     ]
     ratio_lines = []
@@ -79,11 +85,11 @@ def main() -> None:
     body = (
         "Peak per dtype and thread count (best median over sizes), and the trainer's default estimate "
         "(olmo.train.peak.measure_peak_flops: size 1024, wall clock, measured after this run, not interleaved):\n\n"
-        + markdown_table(["dtype, threads", "peak GFLOP/s", "at size", "clock", "trainer estimate GFLOP/s",
+        + markdown_table(["dtype, threads", "peak GFLOP/s", "kernel", "at size", "clock", "trainer estimate GFLOP/s",
                           "estimate / peak"], summary)
         + "\n\n" + "\n".join(ratio_lines)
         + "\n\nEvery case (median of the interleaved rounds, ±half the interquartile range):\n\n"
-        + markdown_table(["dtype", "threads", "size", "clock", "GFLOP/s", "spread"], rows)
+        + markdown_table(["dtype", "kernel", "threads", "size", "clock", "GFLOP/s", "spread"], rows)
     )
     results = {"peaks": peaks, "cases": {n: {"flops_per_second": t.flops_per_second, "spread": t.spread}
                                          for n, t in timings.items()}}

@@ -218,6 +218,7 @@ class Case:
     tracking: bool = False  # kind=trainer: through olmo.tracking.run_tracked (MLflow callback)
     size: int = 2048  # kind=matmul
     inner: int = 1  # kind=matmul: matmuls per timed call
+    kernel: str = "aten"  # kind=matmul: aten (torch.mm) | onednn (olmo.nn.linear's fp32 CPU kernel)
     threads: int = 1
     warmup: int = 1
     flops: float = 0.0  # per timed call (0 = not a FLOP rate)
@@ -412,10 +413,11 @@ def _build_step(case: Case) -> tuple[Callable[[], None], dict[str, Any]]:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[case.precision]
         a = torch.randn(case.size, case.size, dtype=dtype)
         b = torch.randn(case.size, case.size, dtype=dtype)
+        from olmo.nn.linear import matmul
 
         def matmuls() -> None:
             for _ in range(case.inner):
-                torch.mm(a, b)
+                matmul(a, b, case.kernel)
 
         return matmuls, {}
     if case.kind != "step":
@@ -470,12 +472,35 @@ def _trainer_worker(case: Case, reply: Callable[[dict[str, Any]], None]) -> None
         run_experiment(cfg, callbacks=[Gate()])
 
 
-def matmul_case(name: str, precision: str, size: int, threads: int = 1, seconds: float = 0.3) -> Case:
+def matmul_case(name: str, precision: str, size: int, threads: int = 1, seconds: float = 0.3,
+                kernel: str = "aten") -> Case:
     """A peak-FLOP/s case: enough ``size``³ matmuls per timed call to take about ``seconds``."""
     guess = {"fp32": 1e11, "bf16": 4e11}[precision]  # per thread; extra threads often add little on a shared box
+    if kernel == "onednn":
+        guess *= 2.4
     inner = max(1, round(seconds * guess / (2 * size**3)))
     return Case(name, kind="matmul", precision=precision, size=size, inner=inner, threads=threads,
-                flops=2.0 * size**3 * inner, warmup=2)
+                flops=2.0 * size**3 * inner, warmup=2, kernel=kernel)
+
+
+def peak_kernels(precision: str) -> list[str]:
+    """The matmul kernels our linear layers may use in ``precision`` on this CPU (olmo.nn.linear)."""
+    import torch
+
+    from olmo.nn.linear import matmul_kernels
+
+    return matmul_kernels(torch.float32 if precision == "fp32" else torch.bfloat16, "cpu")
+
+
+def peak_cases(precision: str, size: int, threads: int = 1) -> list[Case]:
+    """One peak case per kernel of ``precision``: MFU divides by the best of them (``best_peak``)."""
+    return [matmul_case(f"peak {precision} {k}", precision, size, threads=threads, kernel=k)
+            for k in peak_kernels(precision)]
+
+
+def best_peak(timings: dict[str, Timing], cases: Sequence[Case]) -> Timing:
+    """The fastest of the peak ``cases`` in ``timings``."""
+    return max((timings[c.name] for c in cases if c.kind == "matmul"), key=lambda t: t.flops_per_second)
 
 
 def trainer_experiment(shape: Shape, model: dict[str, Any], precision: str, compile: bool,

@@ -15,6 +15,7 @@ from torch import nn
 from olmo.config import ModelConfig
 from olmo.nn.activations import ACTIVATIONS
 from olmo.nn.attention import ATTENTION_BACKENDS, Documents
+from olmo.nn.linear import Linear
 from olmo.nn.norms import Norm, build_norm
 from olmo.nn.positional import PositionalScheme
 from olmo.registry import Registry
@@ -55,9 +56,9 @@ class OLMoBlock(nn.Module):
         self.kv_width = self.n_kv_heads * self.head_dim
 
         self.act = ACTIVATIONS.get(config.activation_type)()
-        self.ff_proj = nn.Linear(d, config.mlp_width, bias=bias)
-        self.ff_out = nn.Linear(int(config.mlp_width * self.act.output_multiplier), d, bias=bias)
-        self.attn_out = nn.Linear(d, d, bias=bias)
+        self.ff_proj = Linear(d, config.mlp_width, bias=bias)
+        self.ff_out = Linear(int(config.mlp_width * self.act.output_multiplier), d, bias=bias)
+        self.attn_out = Linear(d, d, bias=bias)
         self.attn_norm = build_norm(config)
         self.ff_norm: Norm | None = build_norm(config)
         self.q_norm: Norm | None = None
@@ -123,7 +124,7 @@ class FusedQKVMixin:
 
     def _build_fused(self: OLMoBlock) -> None:
         d = self.config.d_model
-        self.att_proj = nn.Linear(d, d + 2 * self.kv_width, bias=self.config.include_bias)
+        self.att_proj = Linear(d, d + 2 * self.kv_width, bias=self.config.include_bias)
 
     def project_qkv(self: OLMoBlock, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         qkv = self.att_proj(x)
@@ -149,9 +150,9 @@ class OLMoLlamaBlock(OLMoBlock):
     def __init__(self, layer_id: int, config: ModelConfig, positional: PositionalScheme) -> None:
         super().__init__(layer_id, config, positional)
         d, bias = config.d_model, config.include_bias
-        self.q_proj = nn.Linear(d, d, bias=bias)
-        self.k_proj = nn.Linear(d, self.kv_width, bias=bias)
-        self.v_proj = nn.Linear(d, self.kv_width, bias=bias)
+        self.q_proj = Linear(d, d, bias=bias)
+        self.k_proj = Linear(d, self.kv_width, bias=bias)
+        self.v_proj = Linear(d, self.kv_width, bias=bias)
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)

@@ -11,7 +11,6 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from olmo.config import ModelConfig
@@ -20,6 +19,7 @@ from olmo.nn.blocks import BLOCKS, AttentionContext, KeyValue, OLMoBlock, OLMoBl
 from olmo.nn.buffer_cache import BufferCache, causal_bias
 from olmo.nn.flops import flops_per_token, matmul_params
 from olmo.nn.init import init_weight
+from olmo.nn.linear import Linear, linear
 from olmo.nn.norms import Norm, build_norm
 from olmo.nn.positional import POSITIONAL
 
@@ -67,7 +67,7 @@ class OLMo(nn.Module):
         if c.embedding_layer_norm:
             modules["emb_norm"] = build_norm(c)
         if not c.weight_tying:
-            modules["ff_out"] = nn.Linear(c.d_model, c.padded_embedding_size, bias=c.include_bias)
+            modules["ff_out"] = Linear(c.d_model, c.padded_embedding_size, bias=c.include_bias)
         self.transformer = nn.ModuleDict(modules)
 
     # ----- structure --------------------------------------------------------------------------------
@@ -183,7 +183,7 @@ class OLMo(nn.Module):
         if output_hidden_states:
             hidden.append(x)
         if c.weight_tying:
-            logits = F.linear(x, self.transformer.wte.weight)
+            logits = linear(x, self.transformer.wte.weight)
         else:
             logits = self.transformer.ff_out(x)
         if c.scale_logits:
