@@ -83,6 +83,7 @@ def test_tracked_job_logs_params_tags_flops_artifacts_and_is_skipped_when_done(t
     assert tags["config_hash"] == config_hash(cfg) == out.config_hash
     assert (tags["attention"], tags["pos"], tags["launcher"], tags["world_size"]) == ("gqa", "alibi", "test", "1")
     assert tags["git_commit"] and tags["seed"] == "0"
+    assert tags["cpu_linear_kernel"] in ("onednn", "aten")
     params = run.data.params
     assert params["model.n_kv_heads"] == "2" and params["optim.lr"] == str(cfg.optim.lr)
     assert params["train.save_folder"] == out.save_folder and int(params["derived.budget_steps"]) == 6

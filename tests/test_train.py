@@ -247,3 +247,22 @@ def test_compiled_blocks_give_the_eager_losses_and_compile_once(data_cache):
     assert eager_losses.keys() == compiled_losses.keys()
     for step, loss in eager_losses.items():
         assert compiled_losses[step] == pytest.approx(loss, rel=1e-4), step
+
+
+def test_next_token_loss_is_the_sliced_definition_with_its_gradient():
+    import torch
+    import torch.nn.functional as F
+
+    from olmo.train.loss import next_token_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 11, requires_grad=True)
+    ids = torch.randint(0, 11, (3, 7))
+    ce, z = next_token_loss(logits, ids, z_loss_multiplier=1e-2)
+    sliced = logits[:, :-1].reshape(-1, 11)
+    want_ce = F.cross_entropy(sliced, ids[:, 1:].reshape(-1), reduction="sum")
+    want_z = 1e-2 * torch.logsumexp(sliced, -1).pow(2).sum()
+    torch.testing.assert_close((ce, z), (want_ce, want_z))
+    got = torch.autograd.grad(ce + z, logits)[0]
+    torch.testing.assert_close(got, torch.autograd.grad(want_ce + want_z, logits)[0])
+    assert got[:, -1].abs().max() == 0  # the last position predicts nothing

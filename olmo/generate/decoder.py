@@ -17,8 +17,9 @@ computes exactly the same function for the decode steps (the prompt still goes t
   weights prepacked for that row count, which takes half the time of MKL's sgemm for such skinny products
   (benchmarks in docs/benchmarks.md). Both round differently from ``F.linear``, within 1e-5.
 
-Models without RMSNorm decode bit for bit as ``OLMo.forward`` does (with the plain linear kernel); RMSNorm and
-the linear kernels move the log-probabilities by rounding only.
+Models without RMSNorm decode bit for bit as ``OLMo.forward`` does where both multiply with ``F.linear`` (the
+plain kernel here; ``OLMO_CPU_LINEAR=aten`` or a GPU for the model, see olmo/nn/linear.py); RMSNorm and the
+other kernels move the log-probabilities by rounding only.
 
 It covers the block types, positional schemes and norms registered today, in fp32 without autocast, on plain
 (unsharded) parameters. ``fast_decode_unsupported`` names the reason when a model is outside that set, and

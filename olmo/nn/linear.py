@@ -90,7 +90,13 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _onednn(g, weight.t()).view(x.shape)  # (tokens, out) @ (out, in)
         if ctx.needs_input_grad[1]:
-            grad_w = _onednn(g.t(), x.reshape(-1, x.shape[-1]).t())  # (out, tokens) @ (tokens, in)
+            x2 = x.reshape(-1, x.shape[-1])  # (tokens, in)
+            # oneDNN copies a transposed input to rows first: transpose the narrower of g and x, so the LM head
+            # (out = vocab) copies x (tokens, d_model), not g (tokens, vocab).
+            if g.shape[1] <= x2.shape[1]:
+                grad_w = _onednn(g.t(), x2.t())  # (out, tokens) @ (tokens, in)
+            else:
+                grad_w = _onednn(x2.t(), g.t()).t()  # ((in, tokens) @ (tokens, out))^T
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
         return grad_x, grad_w, grad_b

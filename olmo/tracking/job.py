@@ -18,6 +18,7 @@ from typing import Any
 
 from olmo.checkpoint import latest_checkpoint
 from olmo.config import ExperimentConfig
+from olmo.nn.linear import cpu_linear_kernel
 from olmo.tracking.callback import MLflowCallback
 from olmo.tracking.config import TrackingConfig
 from olmo.tracking.naming import TAG_SWEEP_RUN_ID, axis_tags, config_hash, config_params, git_commit
@@ -158,6 +159,7 @@ def run_tracked(
                 "git_commit": git_commit(),
                 "world_size": str(env.world_size),
                 "seed": str(cfg.train.seed),
+                "cpu_linear_kernel": cpu_linear_kernel(),  # rounds differently from F.linear (olmo/nn/linear.py)
                 **slurm_tags(),
                 **ctx.tags,
                 **axis_tags(cfg.model),
