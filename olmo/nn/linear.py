@@ -3,12 +3,14 @@
 On CPU, ``F.linear`` in fp32 calls MKL's sgemm. On the AMD EPYC machines we measured (docs/benchmarks.md) MKL
 takes a code path far under the core's rate (~100 GFLOP/s a core), while oneDNN, which torch ships too, runs the
 same fp32 products at ~240 GFLOP/s: forward, input-gradient and weight-gradient products all get faster. So in
-fp32 on CPU (no autocast, not under torch.compile, whose Inductor picks its own kernels) our linear layers call
-``torch.ops.mkldnn._linear_pointwise`` through a small autograd function; everywhere else they are ``F.linear``.
+fp32 on CPU (no autocast) our linear layers call ``torch.ops.mkldnn._linear_pointwise`` through a custom op
+with its own backward (``olmo::onednn_linear``, which torch.compile keeps as an opaque kernel call); everywhere
+else they are ``F.linear``.
 The result equals ``F.linear``'s up to rounding (fp32 products summed in another order).
 
-``OLMO_CPU_LINEAR`` picks the kernel for a process: ``auto`` (the default: oneDNN when this torch build has it),
-``onednn`` or ``aten`` (always ``F.linear``, e.g. to compare with a model that uses it).
+``OLMO_CPU_LINEAR`` picks the kernel for a process (read at the first linear layer): ``auto`` (the default:
+oneDNN when this torch build has it), ``onednn`` or ``aten`` (always ``F.linear``, e.g. to compare with a model
+that uses it).
 """
 
 from __future__ import annotations
@@ -35,8 +37,24 @@ def onednn_available() -> bool:
         return False
 
 
+_chosen: dict[str, str] = {}  # the process's kernel, decided on first use (compiled code reads it as a constant)
+
+
 def cpu_linear_kernel() -> str:
-    """The kernel fp32 linear layers use on CPU in this process: "onednn" or "aten" (``OLMO_CPU_LINEAR``)."""
+    """The kernel fp32 linear layers use on CPU in this process: "onednn" or "aten" (``OLMO_CPU_LINEAR``, read
+    once; ``reset_cpu_linear_kernel`` reads it again)."""
+    kernel = _chosen.get("kernel")
+    if kernel is None:
+        kernel = _chosen["kernel"] = _kernel_from_env()
+    return kernel
+
+
+def reset_cpu_linear_kernel() -> None:
+    """Forget the process's kernel: the next linear layer reads ``OLMO_CPU_LINEAR`` again."""
+    _chosen.clear()
+
+
+def _kernel_from_env() -> str:
     choice = os.environ.get("OLMO_CPU_LINEAR", "auto").strip().lower() or "auto"
     if choice not in CPU_LINEAR_KERNELS:
         raise ValueError(f"OLMO_CPU_LINEAR={choice!r} is invalid; allowed: {', '.join(CPU_LINEAR_KERNELS)}")
@@ -49,7 +67,53 @@ def cpu_linear_kernel() -> str:
     return "onednn"
 
 
-def _linear_pointwise_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., in) times weight (out, in) transposed, plus bias: oneDNN's fp32 product on dense tensors."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+# A custom op, so that torch.compile keeps it as one opaque kernel call (Inductor cannot lower oneDNN's own op
+# on plain weights) and FlopCounterMode counts it through the formula registered below.
+@torch.library.custom_op("olmo::onednn_linear", mutates_args=())
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` in fp32 on CPU through oneDNN, with its own backward."""
+    return _onednn(x, weight, bias)
+
+
+@onednn_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad: torch.Tensor):
+    x, weight = ctx.saved_tensors
+    grad_x = grad_w = grad_b = None
+    g = grad.reshape(-1, grad.shape[-1])  # (tokens, out)
+    if ctx.needs_input_grad[0]:
+        grad_x = onednn_linear(g, weight.t(), None).view(x.shape)  # (tokens, out) @ (out, in)
+    if ctx.needs_input_grad[1]:
+        x2 = x.reshape(-1, x.shape[-1])  # (tokens, in)
+        # oneDNN copies a transposed input to rows first: transpose the narrower of g and x, so the LM head
+        # (out = vocab) copies x (tokens, d_model), not g (tokens, vocab).
+        if g.shape[1] <= x2.shape[1]:
+            grad_w = onednn_linear(g.t(), x2.t(), None)  # (out, tokens) @ (tokens, in)
+        else:
+            grad_w = onednn_linear(x2.t(), g.t(), None).t()  # ((in, tokens) @ (tokens, out))^T
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = g.sum(0)
+    return grad_x, grad_w, grad_b
+
+
+onednn_linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
     """2 * rows * in * out: the product's multiply-adds, as torch.utils.flop_counter counts aten.mm."""
     rows = 1
     for size in x_shape[:-1]:
@@ -58,54 +122,20 @@ def _linear_pointwise_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -
 
 
 def _register_flop_formula() -> None:
-    """Make ``FlopCounterMode`` count oneDNN's linear like ``aten.mm`` (it knows no formula for it)."""
+    """Make ``FlopCounterMode`` count our oneDNN linear like ``aten.mm`` (it knows no formula for it)."""
     from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    if op is not None and op not in flop_registry:
-        register_flop_formula(op)(_linear_pointwise_flops)
+    if torch.ops.olmo.onednn_linear not in flop_registry:
+        register_flop_formula(torch.ops.olmo.onednn_linear)(_onednn_linear_flops)
 
 
-if onednn_available():
-    _register_flop_formula()
-
-
-def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (..., in) times weight (out, in) transposed, plus bias: oneDNN's fp32 product on dense tensors."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _onednn(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        g = grad.reshape(-1, grad.shape[-1])  # (tokens, out)
-        if ctx.needs_input_grad[0]:
-            grad_x = _onednn(g, weight.t()).view(x.shape)  # (tokens, out) @ (out, in)
-        if ctx.needs_input_grad[1]:
-            x2 = x.reshape(-1, x.shape[-1])  # (tokens, in)
-            # oneDNN copies a transposed input to rows first: transpose the narrower of g and x, so the LM head
-            # (out = vocab) copies x (tokens, d_model), not g (tokens, vocab).
-            if g.shape[1] <= x2.shape[1]:
-                grad_w = _onednn(g.t(), x2.t())  # (out, tokens) @ (tokens, in)
-            else:
-                grad_w = _onednn(x2.t(), g.t()).t()  # ((in, tokens) @ (tokens, out))^T
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.sum(0)
-        return grad_x, grad_w, grad_b
+_register_flop_formula()
 
 
 def _fast_path_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() < 2:
         return False
-    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+    if torch.is_autocast_enabled("cpu"):
         return False
     return cpu_linear_kernel() == "onednn"
 
@@ -113,7 +143,7 @@ def _fast_path_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``, through oneDNN for fp32 on CPU (see the module docstring)."""
     if _fast_path_allowed(x, weight):
-        return _OneDNNLinear.apply(x, weight, bias)
+        return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
