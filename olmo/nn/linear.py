@@ -74,7 +74,11 @@ def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 
 # A custom op, so that torch.compile keeps it as one opaque kernel call (Inductor cannot lower oneDNN's own op
 # on plain weights) and FlopCounterMode counts it through the formula registered below.
-@torch.library.custom_op("olmo::onednn_linear", mutates_args=())
+# The schema is spelled out: inferring it from the annotations, which are strings under `from __future__ import
+# annotations`, is not supported by every torch in our range.
+@torch.library.custom_op(
+    "olmo::onednn_linear", mutates_args=(), schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor"
+)
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` in fp32 on CPU through oneDNN, with its own backward."""
     return _onednn(x, weight, bias)
