@@ -62,9 +62,9 @@ def main() -> None:
     if args.quick:
         args.rows, args.rounds, args.steps = [1, 8], 3, 2
     torch.set_num_threads(args.threads)
-    from olmo.generate.decoder import onednn_linear_available
+    from olmo.nn.linear import onednn_available
 
-    kernels = ["plain", "transposed"] + (["onednn"] if onednn_linear_available() else [])
+    kernels = ["plain", "transposed"] + (["onednn"] if onednn_available() else [])
     torch.manual_seed(0)
     weights = [torch.randn(o, i) * 0.05 for o, i in SHAPES]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"

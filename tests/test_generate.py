@@ -30,9 +30,9 @@ from olmo.generate.decoder import (
     FastDecoder,
     choose_linear_kernel,
     fast_decode_unsupported,
-    onednn_linear_available,
 )
 from olmo.generate.scorers import sequence_lengths
+from olmo.nn.linear import onednn_available
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -252,7 +252,7 @@ def test_fast_decoder_matches_forward_options(extra, norm):
 def test_fast_decoder_linear_kernels_match_forward(block, batch, beam, kernel):
     # 64 steps on CPU: one row multiplies by (in, out) weight copies, 2+ rows by oneDNN-prepacked weights (biases
     # included here); both round differently from F.linear only.
-    if kernel == "onednn" and not onednn_linear_available():
+    if kernel == "onednn" and not onednn_available():
         pytest.skip("this torch build has no oneDNN")
     assert choose_linear_kernel(torch.device("cpu"), batch * beam, 64) == kernel
     model = make_model(block_type=block, include_bias=True, weight_tying=False, n_kv_heads=2, scale=0.3)
@@ -268,7 +268,7 @@ def test_linear_kernel_choice():
     assert choose_linear_kernel(cpu, 8, 16) == "plain"  # too short to pay for a weight copy
     assert choose_linear_kernel(cpu, 1, 32) == "plain"
     assert choose_linear_kernel(cpu, 1, 64) == "transposed"
-    assert choose_linear_kernel(cpu, 2, 32) == ("onednn" if onednn_linear_available() else "plain")
+    assert choose_linear_kernel(cpu, 2, 32) == ("onednn" if onednn_available() else "plain")
     assert choose_linear_kernel(torch.device("cuda"), 8, 512) == "plain"  # no tensor is made: no GPU needed
     with pytest.raises(ValueError, match="linear='fast' is invalid; allowed: plain, transposed, onednn"):
         FastDecoder(make_model(), linear="fast")

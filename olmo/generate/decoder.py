@@ -30,7 +30,6 @@ decodes through the general path until it is added here. tests/test_generate.py 
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from olmo.nn.blocks import OLMoLlamaBlock, OLMoParallelBlock, OLMoSequentialBlock
+from olmo.nn.linear import onednn_available
 from olmo.nn.norms import LayerNorm, LowPrecisionLayerNorm, Norm, RMSNorm
 from olmo.nn.positional import ALiBi, LearnedPositions, NoPositions, RotaryPositions
 
@@ -71,18 +71,6 @@ def fast_decode_unsupported(model: OLMo) -> str | None:
 LINEAR_KERNELS = ("plain", "transposed", "onednn")
 
 
-@functools.cache
-def onednn_linear_available() -> bool:
-    """Whether this torch build has oneDNN's prepacked fp32 linear (CPU builds with mkldnn do)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 2), 1)
-        return bool(torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2), w, None, "none", [], "").eq(2).all())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def choose_linear_kernel(device: torch.device, rows: int, max_steps: int) -> str:
     """The fastest linear kernel for ``rows`` decoded rows (batch x beam) over ``max_steps`` steps.
 
@@ -94,7 +82,7 @@ def choose_linear_kernel(device: torch.device, rows: int, max_steps: int) -> str
     """
     if device.type != "cpu":
         return "plain"
-    if rows >= 2 and max_steps >= 32 and onednn_linear_available():
+    if rows >= 2 and max_steps >= 32 and onednn_available():
         return "onednn"
     if max_steps >= 64:
         return "transposed"
@@ -111,7 +99,7 @@ class FastDecoder:
         oneDNN prepacks the weights."""
         if linear not in LINEAR_KERNELS:
             raise ValueError(f"linear={linear!r} is invalid; allowed: {', '.join(LINEAR_KERNELS)}")
-        if linear == "onednn" and not onednn_linear_available():
+        if linear == "onednn" and not onednn_available():
             raise ValueError("linear='onednn' needs a torch build with oneDNN (torch.backends.mkldnn)")
         self.model = model
         self.linear_kernel, self.rows = linear, rows
