@@ -15,11 +15,13 @@ WAITING then sets it RUNNING, and sqlite ignores the SELECT ... FOR UPDATE that 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import functools
 import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from olmo.data.cache import file_lock
 
 Lock = Callable[[], contextlib.AbstractContextManager[None]]
 
@@ -29,16 +31,7 @@ class NothingToAsk(Exception):
 
 
 def _file_lock(path: Path) -> Lock:
-    @contextlib.contextmanager
-    def hold() -> Iterator[None]:
-        with open(path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    return hold
+    return functools.partial(file_lock, path)
 
 
 def _lock_key(study_name: str) -> int:
