@@ -26,6 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from olmo.nn.linear import onednn_available, onednn_prepack, onednn_product
+
 # (out, in) of every linear weight of bench_generate.py's model: per layer att_proj, attn_out, ff_proj, ff_out.
 SHAPES = [(768, 256), (256, 256), (1024, 256), (256, 512)] * 4 + [(4096, 256)]
 
@@ -35,7 +37,7 @@ def weight_copies(kernel: str, weights: list[torch.Tensor], rows: int) -> list[t
         return weights
     if kernel == "transposed":
         return [w.t().contiguous() for w in weights]
-    return [torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in weights]
+    return [onednn_prepack(w, rows) for w in weights]
 
 
 def one_step(kernel: str, xs: list[torch.Tensor], copies: list[torch.Tensor]) -> None:
@@ -47,7 +49,7 @@ def one_step(kernel: str, xs: list[torch.Tensor], copies: list[torch.Tensor]) ->
             torch.matmul(x, w)
     else:
         for x, w in zip(xs, copies, strict=True):
-            torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+            onednn_product(x, w)
 
 
 def main() -> None:
@@ -62,7 +64,6 @@ def main() -> None:
     if args.quick:
         args.rows, args.rounds, args.steps = [1, 8], 3, 2
     torch.set_num_threads(args.threads)
-    from olmo.nn.linear import onednn_available
 
     kernels = ["plain", "transposed"] + (["onednn"] if onednn_available() else [])
     torch.manual_seed(0)

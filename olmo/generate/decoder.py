@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from olmo.nn.blocks import OLMoLlamaBlock, OLMoParallelBlock, OLMoSequentialBlock
-from olmo.nn.linear import onednn_available
+from olmo.nn.linear import onednn_available, onednn_prepack, onednn_product
 from olmo.nn.norms import LayerNorm, LowPrecisionLayerNorm, Norm, RMSNorm
 from olmo.nn.positional import ALiBi, LearnedPositions, NoPositions, RotaryPositions
 
@@ -238,9 +238,8 @@ class FastDecoder:
         copy = self._weight_copies.get(id(weight))
         if kernel == "onednn":
             if copy is None:
-                copy = self._weight_copies[id(weight)] = torch.ops.mkldnn._reorder_linear_weight(
-                    weight.detach(), self.rows)
-            return torch.ops.mkldnn._linear_pointwise(x, copy, bias, "none", [], "")
+                copy = self._weight_copies[id(weight)] = onednn_prepack(weight, self.rows)
+            return onednn_product(x, copy, bias)
         if copy is None:
             copy = self._weight_copies[id(weight)] = weight.detach().t().contiguous()
         out = torch.matmul(x, copy)

@@ -67,9 +67,16 @@ def _kernel_from_env() -> str:
     return "onednn"
 
 
-def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (..., in) times weight (out, in) transposed, plus bias: oneDNN's fp32 product on dense tensors."""
+def onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., in) times weight (out, in) transposed, plus bias: oneDNN's fp32 product, on a dense weight or on
+    one from ``onednn_prepack``. No autograd (``linear`` has it)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def onednn_prepack(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """``weight`` (out, in) in oneDNN's blocked layout for products with ``rows`` rows (an opaque tensor that only
+    ``onednn_product`` takes); worth it when the same weight multiplies many small batches, as in decoding."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
 
 
 # A custom op, so that torch.compile keeps it as one opaque kernel call (Inductor cannot lower oneDNN's own op
@@ -81,7 +88,7 @@ def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 )
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` in fp32 on CPU through oneDNN, with its own backward."""
-    return _onednn(x, weight, bias)
+    return onednn_product(x, weight, bias)
 
 
 @onednn_linear.register_fake
@@ -172,5 +179,5 @@ def matmul(a: torch.Tensor, b: torch.Tensor, kernel: str = "aten") -> torch.Tens
     if kernel == "aten":
         return torch.mm(a, b)
     if kernel == "onednn":
-        return _onednn(a, b.t())
+        return onednn_product(a, b.t())
     raise ValueError(f"kernel={kernel!r} is invalid; allowed: aten, onednn")
